@@ -1,0 +1,721 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! walker ──large files──> readers (2) ─┐
+//!    │   ──small files──> packer (1) ──┼─chunks─> workers (2): dedup check, compress, store
+//!    └──directory records──> tree builder: waits for file contents, stores trees
+//! ```
+//! Every queue that carries data is bounded, so a slow store slows the walk (invariant 8).
+//! Readers chunk and fingerprint; a file's chunk list is known as soon as it is read.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fingerprint::ChunkId;
+use crate::index::{Deduper, IndexEntry};
+use crate::manifest::{FileWarning, Node, NodeType, RawBytes, SNAPSHOT_VERSION, Slice, Snapshot, Summary, Tree};
+use crate::repo::Repository;
+use crate::store::object;
+use crate::walk::{Excludes, node_from_metadata};
+
+const READERS: usize = 2;
+const WORKERS: usize = 2;
+const CHUNK_QUEUE: usize = 8;
+const FILE_QUEUE: usize = 256;
+const WORKER_BATCH: usize = 16;
+/// New chunks are made durable and registered in the index at least this often.
+const REGISTER_EVERY_BYTES: u64 = 256 << 20;
+/// Whole-file dedup of small files within one run remembers at most this many files.
+const SMALL_DEDUP_CAP: usize = 1 << 20;
+
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub host: String,
+    pub tags: Vec<String>,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub dry_run: bool,
+    pub force_rehash: bool,
+}
+
+/// Counters a caller may watch while a backup runs.
+#[derive(Default)]
+pub struct LiveStats {
+    pub files: AtomicU64,
+    /// File bytes done, read or reused from the parent snapshot.
+    pub bytes: AtomicU64,
+    /// File bytes read from disk (new or changed files).
+    pub read_bytes: AtomicU64,
+    pub new_bytes: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub new_chunks: AtomicU64,
+    /// Filled by `scan` when the caller wants totals for an ETA.
+    pub total_files: AtomicU64,
+    pub total_bytes: AtomicU64,
+}
+
+pub struct BackupReport {
+    /// None for a dry run.
+    pub snapshot_id: Option<String>,
+    pub snapshot: Snapshot,
+}
+
+/// Calls back with every per-file problem as it happens; the backup goes on.
+pub type WarningSink<'a> = &'a (dyn Fn(&FileWarning) + Sync);
+
+pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warning: WarningSink) -> Result<BackupReport> {
+    let started = Instant::now();
+    let sources = absolute_sources(&opts.paths)?;
+    let excludes = Excludes::new(&opts.excludes)?;
+    let paths: Vec<String> = sources.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let parent = find_parent(repo, &opts.host, &paths)?;
+    let parent_tree = match &parent {
+        Some((_, snap)) => Some(repo.load_tree(&snap.tree)?),
+        None => None,
+    };
+    let deduper = Deduper::new(repo.index().clone())?;
+    let sink = Sink {
+        repo,
+        deduper,
+        dry_run: opts.dry_run,
+        live,
+        pending: Mutex::new((Vec::new(), 0)),
+        failure: Mutex::new(None),
+    };
+    let warnings = Warnings { list: Mutex::new(Vec::new()), sink: on_warning };
+    let counts = Mutex::new(Summary::default());
+
+    let root = std::thread::scope(|s| -> Result<Node> {
+        let (chunk_tx, chunk_rx) = bounded::<ChunkJob>(CHUNK_QUEUE);
+        let (large_tx, large_rx) = bounded::<FileJob>(FILE_QUEUE);
+        let (small_tx, small_rx) = bounded::<FileJob>(FILE_QUEUE * 16);
+        let (dir_tx, dir_rx) = unbounded::<DirRecord>();
+        for _ in 0..WORKERS {
+            let rx = chunk_rx.clone();
+            s.spawn(|| sink.run_worker(rx));
+        }
+        drop(chunk_rx);
+        for _ in 0..READERS {
+            let (rx, tx) = (large_rx.clone(), chunk_tx.clone());
+            s.spawn(|| read_large_files(repo, rx, tx, &warnings, live));
+        }
+        drop(large_rx);
+        let packer = Packer::new(repo, chunk_tx);
+        s.spawn(|| packer.run(small_rx, &warnings, live));
+        let builder = s.spawn(|| build_trees(&sink, dir_rx, &counts));
+        let mut walker = Walker {
+            opts,
+            excludes: &excludes,
+            repo,
+            small_limit: u64::from(repo.config().chunker.avg_size),
+            large_tx,
+            small_tx,
+            dir_tx,
+            hardlinks: HashMap::new(),
+            warnings: &warnings,
+            live,
+        };
+        let walked = walker.walk_root(&sources, parent_tree);
+        drop(walker);
+        let root = builder.join().expect("tree builder panicked");
+        walked?;
+        root
+    });
+    if let Some(e) = sink.failure.lock().expect("poisoned").take() {
+        return Err(e);
+    }
+    let root = root?;
+    sink.flush_registrations()?;
+    if !opts.dry_run {
+        repo.index().flush_filter()?;
+    }
+    let mut summary = counts.into_inner().expect("poisoned");
+    summary.read_bytes = live.read_bytes.load(Relaxed);
+    summary.new_chunks = live.new_chunks.load(Relaxed);
+    summary.new_bytes = live.new_bytes.load(Relaxed);
+    summary.stored_bytes = live.stored_bytes.load(Relaxed);
+    summary.duration_s = started.elapsed().as_secs_f64();
+    let mut warnings = warnings.list.into_inner().expect("poisoned");
+    warnings.sort_by(|a, b| a.path.cmp(&b.path));
+    let snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: chrono::Utc::now(),
+        host: opts.host.clone(),
+        paths,
+        tags: opts.tags.clone(),
+        parent: parent.map(|(id, _)| id),
+        tree: root.subtree.expect("root is a directory"),
+        summary,
+        warnings,
+    };
+    let snapshot_id = if opts.dry_run { None } else { Some(repo.commit_snapshot(&snapshot)?) };
+    Ok(BackupReport { snapshot_id, snapshot })
+}
+
+/// Source paths made absolute without resolving symlinks; each must exist.
+fn absolute_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(crate::error::invalid("backup", "no source paths given"));
+    }
+    let cwd = std::env::current_dir().at(".")?;
+    let mut out = Vec::new();
+    for p in paths {
+        let mut abs = PathBuf::from("/");
+        for c in cwd.join(p).components() {
+            match c {
+                Component::ParentDir => {
+                    abs.pop();
+                }
+                Component::Normal(n) => abs.push(n),
+                _ => {}
+            }
+        }
+        if fs::symlink_metadata(&abs).is_err() {
+            return Err(Error::SourceMissing(p.clone()));
+        }
+        out.push(abs);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<(String, Snapshot)>> {
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.host == host && s.paths == paths))
+}
+
+/// Totals for a progress ETA: the same walk as a backup, metadata only.
+pub fn scan(paths: &[PathBuf], excludes: &[String], one_file_system: bool, live: &LiveStats) -> Result<()> {
+    let excludes = Excludes::new(excludes)?;
+    let mut stack: Vec<(PathBuf, Option<u64>)> = absolute_sources(paths)?.into_iter().map(|p| (p, None)).collect();
+    while let Some((path, dev)) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if meta.is_file() {
+            live.total_files.fetch_add(1, Relaxed);
+            live.total_bytes.fetch_add(meta.len(), Relaxed);
+        } else if meta.is_dir() && (!one_file_system || dev.is_none_or(|d| d == meta.dev())) {
+            let Ok(rd) = fs::read_dir(&path) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if !excludes.matches(&p) {
+                    stack.push((p, Some(dev.unwrap_or(meta.dev()))));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolved once, read by whoever needs it: a file's content, shared by its hard links.
+#[derive(Clone)]
+struct Pending<T: Clone>(Arc<(Mutex<Option<T>>, Condvar)>);
+
+impl<T: Clone> Pending<T> {
+    fn new() -> Self {
+        Pending(Arc::new((Mutex::new(None), Condvar::new())))
+    }
+    fn ready(v: T) -> Self {
+        let p = Self::new();
+        p.set(v);
+        p
+    }
+    fn set(&self, v: T) {
+        *self.0.0.lock().expect("poisoned") = Some(v);
+        self.0.1.notify_all();
+    }
+    fn wait(&self) -> T {
+        let mut g = self.0.0.lock().expect("poisoned");
+        loop {
+            if let Some(v) = g.as_ref() {
+                return v.clone();
+            }
+            g = self.0.1.wait(g).expect("poisoned");
+        }
+    }
+}
+
+/// A file's chunk list, or None when it could not be read (the warning says why).
+type Content = Option<Vec<Slice>>;
+
+struct FileJob {
+    path: PathBuf,
+    size: u64,
+    content: Pending<Content>,
+}
+
+struct ChunkJob {
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+enum Entry {
+    Ready(Node),
+    File(Node, Pending<Content>),
+    Subdir,
+}
+
+struct DirRecord {
+    node: Node,
+    entries: Vec<Entry>,
+}
+
+struct Warnings<'a> {
+    list: Mutex<Vec<FileWarning>>,
+    sink: WarningSink<'a>,
+}
+
+impl Warnings<'_> {
+    fn add(&self, path: &Path, error: impl ToString) {
+        let w = FileWarning {
+            path: path.to_string_lossy().into_owned(),
+            error: error.to_string(),
+        };
+        (self.sink)(&w);
+        self.list.lock().expect("poisoned").push(w);
+    }
+}
+
+/// Where chunks end up: dedup check, store, and registration in the index once durable.
+struct Sink<'a> {
+    repo: &'a Repository,
+    deduper: Deduper,
+    dry_run: bool,
+    live: &'a LiveStats,
+    /// Entries stored but not yet registered, and their stored bytes.
+    pending: Mutex<(Vec<IndexEntry>, u64)>,
+    failure: Mutex<Option<Error>>,
+}
+
+impl Sink<'_> {
+    fn run_worker(&self, rx: Receiver<ChunkJob>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(WORKER_BATCH - 1));
+            if self.failure.lock().expect("poisoned").is_some() {
+                continue; // keep draining so producers never block on a dead pipeline
+            }
+            if let Err(e) = self.store_batch(&batch) {
+                self.failure.lock().expect("poisoned").get_or_insert(e);
+            }
+        }
+    }
+
+    fn store_batch(&self, batch: &[ChunkJob]) -> Result<()> {
+        let ids: Vec<ChunkId> = batch.iter().map(|j| j.id).collect();
+        let upload = self.deduper.claim_missing(&ids)?;
+        for (job, _) in batch.iter().zip(upload).filter(|(_, u)| *u) {
+            self.store(&job.id, &job.data)?;
+        }
+        Ok(())
+    }
+
+    fn store(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
+        let (entry, written) = if self.dry_run {
+            let stored = object::encode(data).len() as u64;
+            (IndexEntry { id: *id, raw_len: data.len() as u64, stored_len: stored }, true)
+        } else {
+            self.repo.store_chunk(id, data)?
+        };
+        if written {
+            self.live.new_chunks.fetch_add(1, Relaxed);
+            self.live.new_bytes.fetch_add(entry.raw_len, Relaxed);
+            self.live.stored_bytes.fetch_add(entry.stored_len, Relaxed);
+        }
+        if self.dry_run {
+            return Ok(());
+        }
+        let full = {
+            let mut p = self.pending.lock().expect("poisoned");
+            p.0.push(entry);
+            p.1 += entry.stored_len;
+            p.1 >= REGISTER_EVERY_BYTES
+        };
+        if full { self.flush_registrations() } else { Ok(()) }
+    }
+
+    /// Durable first, then registered (invariant 3).
+    fn flush_registrations(&self) -> Result<()> {
+        let entries = std::mem::take(&mut *self.pending.lock().expect("poisoned")).0;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.repo.store().sync()?;
+        self.repo.index().register(&entries)
+    }
+
+    /// Trees go through the same dedup and store path as file chunks.
+    fn store_tree(&self, tree: &Tree) -> Result<ChunkId> {
+        let bytes = tree.to_bytes();
+        let id = self.repo.hash(&bytes);
+        if self.deduper.claim_missing(&[id])?[0] {
+            self.store(&id, &bytes)?;
+        }
+        Ok(id)
+    }
+}
+
+fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJob>, warnings: &Warnings, live: &LiveStats) {
+    let params = repo.config().chunker;
+    for job in rx {
+        let result = (|| -> std::io::Result<Vec<Slice>> {
+            let file = File::open(&job.path)?;
+            let mut slices = Vec::new();
+            for chunk in params.stream(file) {
+                let chunk = chunk.map_err(std::io::Error::from)?;
+                let id = repo.hash(&chunk.data);
+                slices.push(Slice(id, 0, chunk.length as u32));
+                live.bytes.fetch_add(chunk.length as u64, Relaxed);
+                live.read_bytes.fetch_add(chunk.length as u64, Relaxed);
+                if tx.send(ChunkJob { id, data: chunk.data }).is_err() {
+                    break;
+                }
+            }
+            Ok(slices)
+        })();
+        let content = match result {
+            Ok(slices) => {
+                check_read(&job, Ok(slices.iter().map(|s| s.len() as u64).sum()), warnings);
+                Some(slices)
+            }
+            Err(e) => {
+                check_read(&job, Err(e), warnings);
+                None
+            }
+        };
+        job.content.set(content);
+    }
+}
+
+/// Warns about files that could not be read or changed while being read; false if unreadable.
+fn check_read(job: &FileJob, read: std::io::Result<u64>, warnings: &Warnings) -> bool {
+    match read {
+        Ok(n) => {
+            if n != job.size {
+                warnings.add(&job.path, format!("file changed during backup (size {} -> {n}); stored as read", job.size));
+            }
+            true
+        }
+        Err(e) => {
+            warnings.add(&job.path, format!("could not read file: {e}"));
+            false
+        }
+    }
+}
+
+/// Packs small files into one stream cut by the same chunker, so a tree of many small
+/// files makes a few chunk objects rather than one per file (as duplicacy does).
+struct Packer<'a> {
+    repo: &'a Repository,
+    tx: Sender<ChunkJob>,
+    /// Stream bytes not yet cut; `base` is the stream offset of `buf[0]`.
+    buf: Vec<u8>,
+    base: u64,
+    /// Every chunk cut so far: (stream offset, length, id).
+    cuts: Vec<(u64, u32, ChunkId)>,
+    /// Files waiting for the chunks covering their stream range.
+    waiting: VecDeque<(u64, u64, Pending<Content>)>,
+    /// Identical small files share one stream range.
+    seen: HashMap<[u8; 32], (u64, u64)>,
+}
+
+impl<'a> Packer<'a> {
+    fn new(repo: &'a Repository, tx: Sender<ChunkJob>) -> Self {
+        Packer { repo, tx, buf: Vec::new(), base: 0, cuts: Vec::new(), waiting: VecDeque::new(), seen: HashMap::new() }
+    }
+
+    fn run(mut self, rx: Receiver<FileJob>, warnings: &Warnings, live: &LiveStats) {
+        let max = self.repo.config().chunker.max_size as usize;
+        for job in rx {
+            let mut data = Vec::with_capacity(job.size as usize);
+            let read = File::open(&job.path).and_then(|f| f.take(max as u64).read_to_end(&mut data));
+            live.bytes.fetch_add(data.len() as u64, Relaxed);
+            live.read_bytes.fetch_add(data.len() as u64, Relaxed);
+            if !check_read(&job, read.map(|n| n as u64), warnings) {
+                job.content.set(None);
+                continue;
+            }
+            self.add(&data, job.content);
+            while self.buf.len() >= max {
+                self.cut_one();
+            }
+        }
+        while !self.buf.is_empty() {
+            self.cut_one();
+        }
+        self.resolve_ready();
+    }
+
+    fn end(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
+    fn add(&mut self, data: &[u8], content: Pending<Content>) {
+        if data.is_empty() {
+            content.set(Some(Vec::new()));
+            return;
+        }
+        let key = *blake3::hash(data).as_bytes();
+        let range = match self.seen.get(&key) {
+            Some(&r) => r,
+            None => {
+                let r = (self.end(), self.end() + data.len() as u64);
+                self.buf.extend_from_slice(data);
+                if self.seen.len() < SMALL_DEDUP_CAP {
+                    self.seen.insert(key, r);
+                }
+                r
+            }
+        };
+        self.waiting.push_back((range.0, range.1, content));
+    }
+
+    fn cut_one(&mut self) {
+        let max = self.repo.config().chunker.max_size as usize;
+        let n = self.repo.config().chunker.first_cut(&self.buf[..self.buf.len().min(max)]);
+        let data: Vec<u8> = self.buf.drain(..n).collect();
+        let id = self.repo.hash(&data);
+        self.cuts.push((self.base, n as u32, id));
+        self.base += n as u64;
+        // A closed channel means the pipeline failed; the error is reported there.
+        let _ = self.tx.send(ChunkJob { id, data });
+        self.resolve_ready();
+    }
+
+    fn resolve_ready(&mut self) {
+        while let Some((start, end, _)) = self.waiting.front() {
+            if *end > self.base {
+                break;
+            }
+            let slices = self.slices(*start, *end);
+            self.waiting.pop_front().expect("front exists").2.set(Some(slices));
+        }
+    }
+
+    fn slices(&self, start: u64, end: u64) -> Vec<Slice> {
+        let first = self.cuts.partition_point(|&(off, len, _)| off + u64::from(len) <= start);
+        let mut out = Vec::new();
+        for &(off, len, id) in &self.cuts[first..] {
+            if off >= end {
+                break;
+            }
+            let from = start.max(off) - off;
+            let to = end.min(off + u64::from(len)) - off;
+            out.push(Slice(id, from as u32, (to - from) as u32));
+        }
+        out
+    }
+}
+
+fn build_trees(sink: &Sink, rx: Receiver<DirRecord>, counts: &Mutex<Summary>) -> Result<Node> {
+    let mut done: Vec<Node> = Vec::new();
+    let mut failed = None;
+    for mut rec in rx {
+        if failed.is_some() {
+            continue;
+        }
+        let subdirs = rec.entries.iter().filter(|e| matches!(e, Entry::Subdir)).count();
+        let mut subdirs = done.split_off(done.len() - subdirs).into_iter();
+        let mut nodes = Vec::with_capacity(rec.entries.len());
+        let mut c = Summary::default();
+        for entry in rec.entries {
+            match entry {
+                Entry::Ready(n) => {
+                    c.others += 1;
+                    nodes.push(n);
+                }
+                Entry::Subdir => {
+                    c.dirs += 1;
+                    nodes.push(subdirs.next().expect("subdir built"));
+                }
+                Entry::File(mut n, content) => {
+                    if let Some(slices) = content.wait() {
+                        n.size = slices.iter().map(|s| s.len() as u64).sum();
+                        n.content = slices;
+                        c.files += 1;
+                        c.total_bytes += n.size;
+                        sink.live.files.fetch_add(1, Relaxed);
+                        nodes.push(n);
+                    }
+                }
+            }
+        }
+        {
+            let mut t = counts.lock().expect("poisoned");
+            t.files += c.files;
+            t.dirs += c.dirs;
+            t.others += c.others;
+            t.total_bytes += c.total_bytes;
+        }
+        match sink.store_tree(&Tree::new(nodes)) {
+            Ok(id) => {
+                rec.node.subtree = Some(id);
+                done.push(rec.node);
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    done.pop().ok_or_else(|| crate::error::invalid("backup", "walk produced no root"))
+}
+
+/// Which source paths lie below a directory: the walk only enters those.
+#[derive(Default)]
+struct SourceTrie {
+    is_source: bool,
+    children: std::collections::BTreeMap<std::ffi::OsString, SourceTrie>,
+}
+
+impl SourceTrie {
+    fn new(sources: &[PathBuf]) -> Self {
+        let mut root = SourceTrie::default();
+        for s in sources {
+            let mut node = &mut root;
+            for c in s.components().skip(1) {
+                node = node.children.entry(c.as_os_str().to_owned()).or_default();
+            }
+            node.is_source = true;
+        }
+        root
+    }
+}
+
+struct Walker<'a> {
+    opts: &'a BackupOptions,
+    excludes: &'a Excludes,
+    repo: &'a Repository,
+    small_limit: u64,
+    large_tx: Sender<FileJob>,
+    small_tx: Sender<FileJob>,
+    dir_tx: Sender<DirRecord>,
+    hardlinks: HashMap<(u64, u64), Pending<Content>>,
+    warnings: &'a Warnings<'a>,
+    live: &'a LiveStats,
+}
+
+impl Walker<'_> {
+    fn walk_root(&mut self, sources: &[PathBuf], parent: Option<Tree>) -> Result<()> {
+        let trie = SourceTrie::new(sources);
+        let root = Path::new("/");
+        let meta = fs::symlink_metadata(root).at(root)?;
+        let node = node_from_metadata(RawBytes(b"/".to_vec()), root, &meta).at(root)?.expect("/ is a directory");
+        self.walk_dir(root, node, parent, Some(&trie), None)
+    }
+
+    /// Walks one directory depth-first and emits its record after all of its subdirectories.
+    /// `trie` is Some while above the source paths: then only the listed children are entered.
+    fn walk_dir(&mut self, path: &Path, node: Node, parent: Option<Tree>, trie: Option<&SourceTrie>, dev: Option<u64>) -> Result<()> {
+        let names: Vec<std::ffi::OsString> = match trie {
+            Some(t) if !t.is_source => t.children.keys().cloned().collect(),
+            _ => match fs::read_dir(path) {
+                Ok(rd) => {
+                    let mut v: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+                    v.sort();
+                    v
+                }
+                Err(e) => {
+                    self.warnings.add(path, format!("could not list directory: {e}"));
+                    Vec::new()
+                }
+            },
+        };
+        let mut entries = Vec::with_capacity(names.len());
+        let in_sources = trie.is_none_or(|t| t.is_source);
+        for name in names {
+            let child = path.join(&name);
+            let below = trie.filter(|t| !t.is_source).and_then(|t| t.children.get(&name));
+            if below.is_none_or(|b| b.is_source) && self.excludes.matches(&child) {
+                continue;
+            }
+            let meta = match fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warnings.add(&child, format!("could not stat: {e}"));
+                    continue;
+                }
+            };
+            let mut node = match node_from_metadata(RawBytes::from_os(&name), &child, &meta) {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.warnings.add(&child, format!("could not read metadata: {e}"));
+                    continue;
+                }
+            };
+            let old = parent.as_ref().and_then(|t| {
+                t.nodes
+                    .binary_search_by(|n| n.name.cmp(&node.name))
+                    .ok()
+                    .map(|i| &t.nodes[i])
+            });
+            match node.kind {
+                NodeType::Dir => {
+                    if self.opts.one_file_system && in_sources && dev.is_some_and(|d| d != meta.dev()) {
+                        continue;
+                    }
+                    // The device of the source path we are in; None above the source paths.
+                    let sub_dev = match below {
+                        Some(b) if !b.is_source => None,
+                        Some(_) => Some(meta.dev()),
+                        None => dev,
+                    };
+                    let old_tree = match old.and_then(|o| o.subtree) {
+                        Some(id) => self.repo.load_tree(&id).ok(),
+                        None => None,
+                    };
+                    self.walk_dir(&child, node.clone(), old_tree, below, sub_dev)?;
+                    entries.push(Entry::Subdir);
+                }
+                NodeType::File => {
+                    let content = self.file_content(&child, &mut node, old)?;
+                    entries.push(Entry::File(node, content));
+                }
+                _ => entries.push(Entry::Ready(node)),
+            }
+        }
+        self.dir_tx
+            .send(DirRecord { node, entries })
+            .map_err(|_| crate::error::invalid("backup", "tree builder stopped"))
+    }
+
+    fn file_content(&mut self, path: &Path, node: &mut Node, old: Option<&Node>) -> Result<Pending<Content>> {
+        if let Some((dev, _)) = node.links
+            && let Some(p) = self.hardlinks.get(&(dev, node.inode))
+        {
+            return Ok(p.clone());
+        }
+        let unchanged = old.is_some_and(|o| {
+            o.kind == NodeType::File && o.size == node.size && o.mtime_ns == node.mtime_ns && o.ctime_ns == node.ctime_ns && o.inode == node.inode
+        });
+        let content = if unchanged && !self.opts.force_rehash {
+            self.live.bytes.fetch_add(node.size, Relaxed);
+            Pending::ready(Some(old.expect("unchanged implies old").content.clone()))
+        } else if node.size == 0 {
+            Pending::ready(Some(Vec::new()))
+        } else {
+            let job = FileJob { path: path.to_path_buf(), size: node.size, content: Pending::new() };
+            let content = job.content.clone();
+            let tx = if node.size < self.small_limit { &self.small_tx } else { &self.large_tx };
+            tx.send(job).map_err(|_| crate::error::invalid("backup", "file readers stopped"))?;
+            content
+        };
+        if let Some((dev, _)) = node.links {
+            self.hardlinks.insert((dev, node.inode), content.clone());
+        }
+        Ok(content)
+    }
+}

@@ -1,0 +1,255 @@
+//! The embedded index: one SQLite database (WAL) per shard, plus the Bloom filter file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fingerprint::ChunkId;
+use crate::index::{BloomFilter, Index, IndexEntry, by_shard};
+
+const BLOOM_FILE: &str = "bloom";
+
+pub struct LocalIndex {
+    dir: PathBuf,
+    shards: Vec<Mutex<Connection>>,
+    /// The filter as loaded plus everything registered through this handle.
+    filter: Mutex<Option<BloomFilter>>,
+}
+
+impl LocalIndex {
+    pub fn open(dir: &Path, shard_count: u32) -> Result<Self> {
+        fs::create_dir_all(dir).at(dir)?;
+        let shards = (0..shard_count)
+            .map(|s| open_shard(&shard_path(dir, s)).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LocalIndex {
+            dir: dir.to_path_buf(),
+            shards,
+            filter: Mutex::new(None),
+        })
+    }
+
+    fn shard(&self, s: usize) -> (MutexGuard<'_, Connection>, PathBuf) {
+        (
+            self.shards[s].lock().expect("shard lock poisoned"),
+            shard_path(&self.dir, s as u32),
+        )
+    }
+
+    fn count(&self) -> Result<u64> {
+        let mut n = 0u64;
+        for s in 0..self.shards.len() {
+            let (conn, path) = self.shard(s);
+            let c: i64 = conn
+                .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
+                .map_err(|source| Error::Index { path, source })?;
+            n += c as u64;
+        }
+        Ok(n)
+    }
+
+    /// A filter holding every id in the shards.
+    fn build_filter(&self, generation: u64) -> Result<BloomFilter> {
+        let mut filter = BloomFilter::with_capacity(self.count()? * 2);
+        self.entries(&mut |e| filter.insert(&e.id))?;
+        filter.generation = generation;
+        Ok(filter)
+    }
+
+    fn filter_guard(&self) -> Result<MutexGuard<'_, Option<BloomFilter>>> {
+        let mut guard = self.filter.lock().expect("filter lock poisoned");
+        if guard.is_none() {
+            let path = self.dir.join(BLOOM_FILE);
+            // A missing or unreadable filter is rebuilt: it is derived data.
+            let loaded = fs::read(&path)
+                .ok()
+                .and_then(|b| BloomFilter::from_bytes(&b).ok());
+            *guard = Some(match loaded {
+                Some(f) if !f.is_overfull() => f,
+                other => self.build_filter(other.map_or(1, |f| f.generation + 1))?,
+            });
+        }
+        Ok(guard)
+    }
+
+    fn write_filter(&self, filter: &BloomFilter) -> Result<()> {
+        let path = self.dir.join(BLOOM_FILE);
+        let tmp = self
+            .dir
+            .join(format!("{BLOOM_FILE}.tmp.{}", std::process::id()));
+        fs::write(&tmp, filter.to_bytes()).at(&tmp)?;
+        fs::rename(&tmp, &path).at(&path)
+    }
+}
+
+fn shard_path(dir: &Path, shard: u32) -> PathBuf {
+    dir.join(format!("shard-{shard:04x}.sqlite"))
+}
+
+fn open_shard(path: &Path) -> Result<Connection> {
+    let err = |source| Error::Index {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    // Many backups may write one repository at once: wait for the writer lock, never fail.
+    conn.busy_timeout(Duration::from_secs(600)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS chunks (
+            id BLOB PRIMARY KEY,
+            raw_len INTEGER NOT NULL,
+            stored_len INTEGER NOT NULL
+        ) WITHOUT ROWID;",
+    )
+    .map_err(err)?;
+    Ok(conn)
+}
+
+impl Index for LocalIndex {
+    fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let mut found = vec![false; ids.len()];
+        for (s, group) in by_shard(ids, self.shards.len() as u32).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let (conn, path) = self.shard(s);
+            let err = |source| Error::Index { path: path.clone(), source };
+            let mut stmt = conn
+                .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")
+                .map_err(err)?;
+            for i in group {
+                found[i] = stmt.exists(params![&ids[i].0[..]]).map_err(err)?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn register(&self, entries: &[IndexEntry]) -> Result<()> {
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        for (s, group) in by_shard(&ids, self.shards.len() as u32).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let (mut conn, path) = self.shard(s);
+            let err = |source| Error::Index { path: path.clone(), source };
+            let tx = conn.transaction().map_err(err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO chunks (id, raw_len, stored_len) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(err)?;
+                for i in group {
+                    let e = &entries[i];
+                    stmt.execute(params![&e.id.0[..], e.raw_len as i64, e.stored_len as i64])
+                        .map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)?;
+        }
+        let mut filter = self.filter_guard()?;
+        let filter = filter.as_mut().expect("filter loaded");
+        entries.iter().for_each(|e| filter.insert(&e.id));
+        Ok(())
+    }
+
+    fn filter(&self) -> Result<BloomFilter> {
+        let guard = self.filter_guard()?;
+        let f = guard.as_ref().expect("filter loaded");
+        BloomFilter::from_bytes(&f.to_bytes())
+    }
+
+    fn flush_filter(&self) -> Result<()> {
+        let mut guard = self.filter_guard()?;
+        let filter = guard.as_mut().expect("filter loaded");
+        filter.generation += 1;
+        if filter.is_overfull() {
+            *filter = self.build_filter(filter.generation)?;
+        }
+        self.write_filter(filter)
+    }
+
+    fn rebuild(&self, entries: &[IndexEntry]) -> Result<()> {
+        for s in 0..self.shards.len() {
+            let (conn, path) = self.shard(s);
+            conn.execute("DELETE FROM chunks", [])
+                .map_err(|source| Error::Index { path, source })?;
+        }
+        self.register(entries)?;
+        let generation = self.filter_guard()?.as_ref().map_or(0, |f| f.generation);
+        let fresh = self.build_filter(generation + 1)?;
+        self.write_filter(&fresh)?;
+        *self.filter.lock().expect("filter lock poisoned") = Some(fresh);
+        Ok(())
+    }
+
+    fn entries(&self, visit: &mut dyn FnMut(IndexEntry)) -> Result<()> {
+        for s in 0..self.shards.len() {
+            let (conn, path) = self.shard(s);
+            let err = |source| Error::Index { path: path.clone(), source };
+            let mut stmt = conn
+                .prepare_cached("SELECT id, raw_len, stored_len FROM chunks")
+                .map_err(err)?;
+            let mut rows = stmt.query([]).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let id: Vec<u8> = row.get(0).map_err(err)?;
+                let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) else {
+                    continue;
+                };
+                visit(IndexEntry {
+                    id: ChunkId(id),
+                    raw_len: row.get::<_, i64>(1).map_err(err)? as u64,
+                    stored_len: row.get::<_, i64>(2).map_err(err)? as u64,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::HashAlgo;
+
+    fn entry(i: u32) -> IndexEntry {
+        IndexEntry {
+            id: HashAlgo::Blake3.hash(&i.to_le_bytes()),
+            raw_len: u64::from(i),
+            stored_len: u64::from(i) + 16,
+        }
+    }
+
+    #[test]
+    fn register_lookup_rebuild_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = LocalIndex::open(dir.path(), 8).unwrap();
+        let entries: Vec<_> = (0..100).map(entry).collect();
+        idx.register(&entries[..50]).unwrap();
+        idx.flush_filter().unwrap();
+        let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+        let found = idx.lookup(&ids).unwrap();
+        assert_eq!(found.iter().filter(|&&f| f).count(), 50);
+        assert!(found[..50].iter().all(|&f| f));
+
+        drop(idx);
+        let idx = LocalIndex::open(dir.path(), 8).unwrap();
+        let filter = idx.filter().unwrap();
+        assert!(ids[..50].iter().all(|id| filter.may_contain(id)));
+        assert!(filter.generation >= 1);
+
+        idx.rebuild(&entries[50..]).unwrap();
+        let found = idx.lookup(&ids).unwrap();
+        assert!(found[..50].iter().all(|&f| !f));
+        assert!(found[50..].iter().all(|&f| f));
+        let mut n = 0;
+        idx.entries(&mut |_| n += 1).unwrap();
+        assert_eq!(n, 50);
+    }
+}

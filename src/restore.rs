@@ -1,0 +1,423 @@
+//! Restore: snapshot -> trees -> chunk lists -> fetch + verify -> files and metadata.
+//!
+//! Each chunk is fetched once and written to every file that uses it, in parallel. Files are
+//! written under a temporary name and renamed into place only once complete; metadata goes
+//! on last, directories deepest first.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fingerprint::ChunkId;
+use crate::manifest::{FileWarning, Node, NodeType, RawBytes, Snapshot};
+use crate::repo::Repository;
+
+/// Fetching is I/O as much as CPU: a few more threads than cores keeps both busy.
+const RESTORE_THREADS: usize = 4;
+
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Snapshot paths to restore (with everything below them); empty means all.
+    pub includes: Vec<String>,
+    pub overwrite: bool,
+}
+
+#[derive(Default)]
+pub struct RestoreLive {
+    pub total_files: AtomicU64,
+    pub total_bytes: AtomicU64,
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub others: u64,
+    pub bytes: u64,
+    /// Files that could not be restored (each named), and metadata that could not be set.
+    pub errors: Vec<FileWarning>,
+}
+
+/// One entry to restore, at `rel` below the target.
+pub struct Item {
+    pub rel: PathBuf,
+    pub node: Node,
+}
+
+/// The entries of a snapshot below `includes`, parents before children.
+pub fn plan(repo: &Repository, snapshot: &Snapshot, includes: &[String]) -> Result<Vec<Item>> {
+    let includes: Vec<Vec<Vec<u8>>> = includes.iter().map(|i| components(i)).collect::<Result<_>>()?;
+    let mut matched = vec![false; includes.len()];
+    let mut items = Vec::new();
+    let mut stack = vec![(snapshot.tree, PathBuf::new(), Vec::<Vec<u8>>::new())];
+    while let Some((tree_id, rel, comps)) = stack.pop() {
+        let tree = repo.load_tree(&tree_id)?;
+        let mut subdirs = Vec::new();
+        for node in tree.nodes {
+            let mut path = comps.clone();
+            path.push(node.name.0.clone());
+            let mut take = includes.is_empty();
+            for (i, inc) in includes.iter().enumerate() {
+                if path.starts_with(inc) {
+                    take = true;
+                    matched[i] |= path.len() == inc.len();
+                } else if node.kind == NodeType::Dir && inc.starts_with(&path) {
+                    take = true;
+                }
+            }
+            if !take {
+                continue;
+            }
+            let rel = rel.join(node.name.as_os_str());
+            if let Some(sub) = node.subtree {
+                subdirs.push((sub, rel.clone(), path));
+            }
+            items.push(Item { rel, node });
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    if let Some(i) = matched.iter().position(|m| !m) {
+        return Err(Error::NotInSnapshot {
+            path: String::from_utf8_lossy(&includes[i].join(&b'/')).into_owned(),
+            snapshot: snapshot.paths.join(" "),
+        });
+    }
+    // Stack order visits a directory's children right after it, so parents come first.
+    Ok(items)
+}
+
+fn components(path: &str) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(crate::error::invalid("include path", format!("{path:?} contains ..") )),
+            c => out.push(c.as_bytes().to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions, live: &RestoreLive) -> Result<RestoreReport> {
+    let items = plan(repo, snapshot, &opts.includes)?;
+    let target = &opts.target;
+    fs::create_dir_all(target).at(target)?;
+    check_conflicts(target, &items, opts.overwrite)?;
+    let mut report = RestoreReport::default();
+    let errors = Mutex::new(Vec::new());
+    let fail = |path: &Path, e: &dyn std::fmt::Display| {
+        errors.lock().expect("poisoned").push(FileWarning {
+            path: path.to_string_lossy().into_owned(),
+            error: e.to_string(),
+        })
+    };
+
+    for item in items.iter().filter(|i| i.node.kind == NodeType::Dir) {
+        make_dir(&target.join(&item.rel), opts.overwrite)?;
+        report.dirs += 1;
+    }
+
+    // The first restored path of each hard-link group gets the content, the rest link to it.
+    let mut link_first: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut links = Vec::new();
+    let mut files = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if item.node.kind != NodeType::File {
+            continue;
+        }
+        if let Some((dev, _)) = item.node.links {
+            if let Some(&first) = link_first.get(&(dev, item.node.inode)) {
+                links.push((first, i));
+                continue;
+            }
+            link_first.insert((dev, item.node.inode), i);
+        }
+        files.push(OutFile::new(target, i, item));
+    }
+    live.total_files.store(files.len() as u64, Relaxed);
+    live.total_bytes.store(files.iter().map(|f| f.size).sum(), Relaxed);
+
+    let mut chunks: Vec<(ChunkId, Vec<Piece>)> = Vec::new();
+    let mut chunk_pos: HashMap<ChunkId, usize> = HashMap::new();
+    for (f, out) in files.iter().enumerate() {
+        let mut file_off = 0u64;
+        for s in &items[out.item].node.content {
+            let pos = *chunk_pos.entry(*s.id()).or_insert_with(|| {
+                chunks.push((*s.id(), Vec::new()));
+                chunks.len() - 1
+            });
+            chunks[pos].1.push(Piece { file: f, file_off, chunk_off: s.offset(), len: s.len() });
+            file_off += s.len() as u64;
+        }
+    }
+    drop(chunk_pos);
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(RESTORE_THREADS)
+        .build()
+        .map_err(|e| crate::error::invalid("thread pool", e.to_string()))?;
+    let root = is_root();
+    pool.install(|| {
+        files.par_iter().filter(|f| f.size == 0).for_each(|f| f.finish(&items, root, live, &fail));
+        chunks.par_iter().for_each(|(id, pieces)| {
+            let data = repo.read_chunk(id);
+            for p in pieces {
+                let out = &files[p.file];
+                let written = match &data {
+                    Ok(d) if p.chunk_off + p.len <= d.len() => out.write(&d[p.chunk_off..p.chunk_off + p.len], p.file_off),
+                    Ok(_) => Err(io::Error::other(format!("chunk {id} is shorter than the slice the tree names"))),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                };
+                if let Err(e) = written
+                    && !out.failed.swap(true, Relaxed)
+                {
+                    fail(&out.dest, &format!("not restored: {e}"));
+                }
+                live.bytes.fetch_add(p.len as u64, Relaxed);
+                if out.remaining.fetch_sub(p.len as u64, Relaxed) == p.len as u64 {
+                    out.finish(&items, root, live, &fail);
+                }
+            }
+        });
+    });
+    report.files = files.iter().filter(|f| !f.failed.load(Relaxed)).count() as u64;
+    report.bytes = files.iter().filter(|f| !f.failed.load(Relaxed)).map(|f| f.size).sum();
+
+    for (first, i) in links {
+        let (src, dest) = (target.join(&items[first].rel), target.join(&items[i].rel));
+        let linked = replace_with(&dest, opts.overwrite, || fs::hard_link(&src, &dest));
+        match linked {
+            Ok(()) => report.files += 1,
+            Err(e) => fail(&dest, &format!("could not create hard link to {}: {e}", src.display())),
+        }
+    }
+    for item in items.iter().filter(|i| !matches!(i.node.kind, NodeType::File | NodeType::Dir)) {
+        let dest = target.join(&item.rel);
+        match replace_with(&dest, opts.overwrite, || make_special(&dest, &item.node)) {
+            Ok(()) => {
+                report.others += 1;
+                for e in set_metadata(&dest, &item.node, root) {
+                    fail(&dest, &e);
+                }
+            }
+            Err(e) => fail(&dest, &format!("could not create {:?}: {e}", item.node.kind)),
+        }
+    }
+    for item in items.iter().rev().filter(|i| i.node.kind == NodeType::Dir) {
+        let dest = target.join(&item.rel);
+        for e in set_metadata(&dest, &item.node, root) {
+            fail(&dest, &e);
+        }
+    }
+    report.errors = errors.into_inner().expect("poisoned");
+    Ok(report)
+}
+
+struct Piece {
+    file: usize,
+    file_off: u64,
+    chunk_off: usize,
+    len: usize,
+}
+
+enum Handle {
+    NotOpen,
+    Open(File),
+    Closed,
+}
+
+struct OutFile {
+    item: usize,
+    dest: PathBuf,
+    tmp: PathBuf,
+    size: u64,
+    remaining: AtomicU64,
+    handle: Mutex<Handle>,
+    failed: AtomicBool,
+}
+
+impl OutFile {
+    fn new(target: &Path, item: usize, it: &Item) -> Self {
+        let dest = target.join(&it.rel);
+        let tmp = dest.with_file_name(format!(".tessera-restore-{item}"));
+        let size = it.node.content.iter().map(|s| s.len() as u64).sum();
+        OutFile { item, dest, tmp, size, remaining: AtomicU64::new(size), handle: Mutex::new(Handle::NotOpen), failed: AtomicBool::new(false) }
+    }
+
+    fn open(&self) -> io::Result<File> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&self.tmp)?;
+        // Setting the length first leaves unwritten (all-zero) ranges as holes: sparse stays sparse.
+        f.set_len(self.size)?;
+        Ok(f)
+    }
+
+    fn write(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        if self.failed.load(Relaxed) {
+            return Ok(());
+        }
+        let mut h = self.handle.lock().expect("poisoned");
+        if matches!(*h, Handle::NotOpen) {
+            *h = Handle::Open(self.open()?);
+        }
+        match &*h {
+            Handle::Open(f) if data.iter().all(|&b| b == 0) => {
+                let _ = f;
+                Ok(())
+            }
+            Handle::Open(f) => f.write_all_at(data, offset),
+            _ => Err(io::Error::other("file already closed")),
+        }
+    }
+
+    /// Closes, applies metadata and renames into place; a failed file's temp is removed.
+    fn finish(&self, items: &[Item], root: bool, live: &RestoreLive, fail: &(dyn Fn(&Path, &dyn std::fmt::Display) + Sync)) {
+        let handle = std::mem::replace(&mut *self.handle.lock().expect("poisoned"), Handle::Closed);
+        if self.failed.load(Relaxed) {
+            drop(handle);
+            let _ = fs::remove_file(&self.tmp);
+            return;
+        }
+        let opened = match handle {
+            Handle::Open(f) => Ok(f),
+            _ => self.open(),
+        };
+        if let Err(e) = opened {
+            self.failed.store(true, Relaxed);
+            fail(&self.dest, &format!("not restored: {e}"));
+            return;
+        }
+        drop(opened);
+        for e in set_metadata(&self.tmp, &items[self.item].node, root) {
+            fail(&self.dest, &e);
+        }
+        if let Err(e) = fs::rename(&self.tmp, &self.dest) {
+            self.failed.store(true, Relaxed);
+            let _ = fs::remove_file(&self.tmp);
+            fail(&self.dest, &format!("not restored: {e}"));
+            return;
+        }
+        live.files.fetch_add(1, Relaxed);
+    }
+}
+
+fn check_conflicts(target: &Path, items: &[Item], overwrite: bool) -> Result<()> {
+    if overwrite {
+        return Ok(());
+    }
+    let paths: Vec<PathBuf> = items
+        .iter()
+        .filter_map(|i| {
+            let p = target.join(&i.rel);
+            let existing = fs::symlink_metadata(&p).ok()?;
+            (i.node.kind != NodeType::Dir || !existing.is_dir()).then_some(p)
+        })
+        .collect();
+    if paths.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::RestoreConflict { target: target.to_path_buf(), paths })
+    }
+}
+
+/// Creates a directory, or accepts an existing real one: never one reached through a symlink.
+fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) if overwrite => fs::remove_file(path).at(path)?,
+        Ok(_) => return Err(Error::RestoreConflict { target: path.to_path_buf(), paths: vec![path.to_path_buf()] }),
+        Err(_) => {}
+    }
+    fs::DirBuilder::new().mode(0o700).create(path).at(path)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn replace_with(dest: &Path, overwrite: bool, create: impl Fn() -> io::Result<()>) -> io::Result<()> {
+    if overwrite && fs::symlink_metadata(dest).is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(dest)?;
+    }
+    create()
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains NUL"))
+}
+
+fn make_special(dest: &Path, node: &Node) -> io::Result<()> {
+    let c = cpath(dest)?;
+    let (kind, what) = match node.kind {
+        NodeType::Symlink => {
+            let target = node.target.clone().unwrap_or(RawBytes(Vec::new()));
+            return std::os::unix::fs::symlink(target.as_os_str(), dest);
+        }
+        NodeType::Fifo => (libc::S_IFIFO, "mkfifo"),
+        NodeType::Chardev => (libc::S_IFCHR, "mknod"),
+        NodeType::Blockdev => (libc::S_IFBLK, "mknod"),
+        _ => return Err(io::Error::other("not a special file")),
+    };
+    let mode = kind | (node.mode & 0o777) as libc::mode_t;
+    if unsafe { libc::mknod(c.as_ptr(), mode, node.rdev as libc::dev_t) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Owner (as root), mode, xattrs, then times (last, since the others touch ctime only).
+/// Returns what could not be set.
+fn set_metadata(path: &Path, node: &Node, root: bool) -> Vec<String> {
+    let mut errors = Vec::new();
+    let Ok(c) = cpath(path) else {
+        return vec!["path contains NUL".into()];
+    };
+    let symlink = node.kind == NodeType::Symlink;
+    if root && unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) } != 0 {
+        errors.push(format!("chown: {}", io::Error::last_os_error()));
+    }
+    for x in &node.xattrs {
+        let user = x.name.0.starts_with(b"user.");
+        if !root && !user {
+            continue; // other namespaces need privileges a non-root restore does not have
+        }
+        if let Err(e) = xattr::set(path, x.name.as_os_str(), &x.value.0)
+            && !(symlink && user)
+        {
+            errors.push(format!("xattr {}: {e}", x.name.lossy()));
+        }
+    }
+    if !symlink && unsafe { libc::chmod(c.as_ptr(), node.mode as libc::mode_t) } != 0 {
+        errors.push(format!("chmod: {}", io::Error::last_os_error()));
+    }
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec {
+            tv_sec: node.mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+            tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
+        },
+    ];
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        errors.push(format!("set mtime: {}", io::Error::last_os_error()));
+    }
+    errors
+}

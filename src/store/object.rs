@@ -1,0 +1,139 @@
+//! The chunk object format: a 16-byte header, then the (maybe compressed) payload.
+//!
+//! ```text
+//! magic "TSRO" | format version u8 (=1) | codec u8 (0 raw, 1 zstd) | reserved u16 (=0) | raw length u64 LE
+//! ```
+
+use crate::error::{Error, Result};
+use crate::fingerprint::{ChunkId, HashAlgo};
+
+pub const MAGIC: &[u8; 4] = b"TSRO";
+pub const OBJECT_VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 16;
+const CODEC_RAW: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+const ZSTD_LEVEL: i32 = 3;
+/// Compress only when it saves at least this fraction (in 1/64ths) of the chunk.
+const MIN_SAVING_64THS: usize = 2;
+const PROBE_LEN: usize = 16 << 10;
+
+/// What the object header says about the chunk inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectHeader {
+    pub compressed: bool,
+    pub raw_len: u64,
+}
+
+pub fn parse_header(id: &ChunkId, bytes: &[u8]) -> Result<ObjectHeader> {
+    let damaged = |reason: String| Error::ChunkDamaged { id: *id, reason };
+    if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
+        return Err(damaged("bad object header".into()));
+    }
+    if bytes[4] != OBJECT_VERSION {
+        return Err(damaged(format!("unknown object format version {}", bytes[4])));
+    }
+    let compressed = match bytes[5] {
+        CODEC_RAW => false,
+        CODEC_ZSTD => true,
+        c => return Err(damaged(format!("unknown codec {c}"))),
+    };
+    let raw_len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    Ok(ObjectHeader { compressed, raw_len })
+}
+
+/// Encodes a chunk, compressing it with zstd only when that pays.
+pub fn encode(data: &[u8]) -> Vec<u8> {
+    if worth_compressing(data)
+        && let Ok(z) = zstd::bulk::compress(data, ZSTD_LEVEL)
+        && z.len() + data.len() * MIN_SAVING_64THS / 64 < data.len()
+    {
+        return with_header(CODEC_ZSTD, data.len(), &z);
+    }
+    with_header(CODEC_RAW, data.len(), data)
+}
+
+/// Random and already-compressed data costs zstd time for nothing: probe a slice first.
+fn worth_compressing(data: &[u8]) -> bool {
+    if data.len() < 64 {
+        return false;
+    }
+    if data.len() <= PROBE_LEN * 2 {
+        return true;
+    }
+    let mid = data.len() / 2 - PROBE_LEN / 2;
+    let probe = &data[mid..mid + PROBE_LEN];
+    zstd::bulk::compress(probe, 1).is_ok_and(|z| z.len() < PROBE_LEN * 62 / 64)
+}
+
+fn with_header(codec: u8, raw_len: usize, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[OBJECT_VERSION, codec, 0, 0]);
+    out.extend_from_slice(&(raw_len as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Decodes an object and checks that its plaintext hashes to `id` (invariant 2).
+pub fn decode(id: &ChunkId, algo: HashAlgo, bytes: &[u8]) -> Result<Vec<u8>> {
+    let header = parse_header(id, bytes)?;
+    let damaged = |reason: String| Error::ChunkDamaged { id: *id, reason };
+    let payload = &bytes[HEADER_LEN..];
+    let data = if header.compressed {
+        zstd::bulk::decompress(payload, header.raw_len as usize)
+            .map_err(|e| damaged(format!("zstd: {e}")))?
+    } else {
+        payload.to_vec()
+    };
+    if data.len() as u64 != header.raw_len {
+        return Err(damaged(format!(
+            "length {} differs from header's {}",
+            data.len(),
+            header.raw_len
+        )));
+    }
+    let actual = algo.hash(&data);
+    if actual != *id {
+        return Err(damaged(format!("content hashes to {actual}")));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_compressed_random_is_not() {
+        let text = "the quick brown fox ".repeat(10_000).into_bytes();
+        let enc = encode(&text);
+        assert_eq!(enc[5], CODEC_ZSTD);
+        assert!(enc.len() < text.len() / 10);
+        let id = HashAlgo::Blake3.hash(&text);
+        assert_eq!(decode(&id, HashAlgo::Blake3, &enc).unwrap(), text);
+
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let random: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let enc = encode(&random);
+        assert_eq!(enc[5], CODEC_RAW);
+        assert_eq!(enc.len(), random.len() + HEADER_LEN);
+    }
+
+    #[test]
+    fn flipped_bit_is_reported_with_the_id() {
+        let data = b"hello world".repeat(100);
+        let id = HashAlgo::Sha256.hash(&data);
+        let mut enc = encode(&data);
+        let last = enc.len() - 1;
+        enc[last] ^= 1;
+        let err = decode(&id, HashAlgo::Sha256, &enc).unwrap_err();
+        assert!(err.to_string().contains(&id.to_hex()), "{err}");
+    }
+}
