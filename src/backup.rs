@@ -29,9 +29,9 @@ use crate::walk::{Excludes, node_from_metadata};
 
 const READERS: usize = 2;
 const WORKERS: usize = 2;
-const CHUNK_QUEUE: usize = 8;
+const CHUNK_QUEUE: usize = 6;
 const FILE_QUEUE: usize = 256;
-const WORKER_BATCH: usize = 16;
+const WORKER_BATCH: usize = 8;
 /// New chunks are made durable and registered in the index at least this often.
 const REGISTER_EVERY_BYTES: u64 = 256 << 20;
 /// Whole-file dedup of small files within one run remembers at most this many files.
@@ -373,13 +373,13 @@ fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJo
         let result = (|| -> std::io::Result<Vec<Slice>> {
             let file = File::open(&job.path)?;
             let mut slices = Vec::new();
-            for chunk in params.stream(file) {
-                let chunk = chunk.map_err(std::io::Error::from)?;
-                let id = repo.hash(&chunk.data);
-                slices.push(Slice(id, 0, chunk.length as u32));
-                live.bytes.fetch_add(chunk.length as u64, Relaxed);
-                live.read_bytes.fetch_add(chunk.length as u64, Relaxed);
-                if tx.send(ChunkJob { id, data: chunk.data }).is_err() {
+            for data in params.chunks(file) {
+                let data = data?;
+                let id = repo.hash(&data);
+                slices.push(Slice(id, 0, data.len() as u32));
+                live.bytes.fetch_add(data.len() as u64, Relaxed);
+                live.read_bytes.fetch_add(data.len() as u64, Relaxed);
+                if tx.send(ChunkJob { id, data }).is_err() {
                     break;
                 }
             }

@@ -63,7 +63,19 @@ impl ChunkerParams {
         Ok(())
     }
 
-    /// Streams chunks of `source` without reading it whole.
+    /// Streams chunks of `source` without reading it whole, copying each byte once.
+    pub fn chunks<R: Read>(&self, source: R) -> Chunks<R> {
+        Chunks {
+            params: *self,
+            source,
+            buf: vec![0; 2 * self.max_size as usize],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// The `fastcdc` crate's own streaming chunker; `chunks` must cut identically.
     pub fn stream<R: Read>(&self, source: R) -> StreamCDC<R> {
         StreamCDC::with_level(
             source,
@@ -86,6 +98,59 @@ impl ChunkerParams {
         )
         .next()
         .map_or(0, |c| c.length)
+    }
+}
+
+/// Chunks of a reader. Keeps a window of twice the maximum chunk size, so each cut sees the
+/// `max_size` bytes it needs; unlike `StreamCDC` it does not shift the window per chunk.
+pub struct Chunks<R> {
+    params: ChunkerParams,
+    source: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<R: Read> Chunks<R> {
+    fn fill(&mut self) -> std::io::Result<()> {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        while self.end < self.buf.len() {
+            match self.source.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Iterator for Chunks<R> {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let max = self.params.max_size as usize;
+        if self.end - self.start < max
+            && !self.eof
+            && let Err(e) = self.fill()
+        {
+            return Some(Err(e));
+        }
+        if self.start == self.end {
+            return None;
+        }
+        let window = &self.buf[self.start..self.end.min(self.start + max)];
+        let n = self.params.first_cut(window);
+        let chunk = window[..n].to_vec();
+        self.start += n;
+        Some(Ok(chunk))
     }
 }
 
@@ -146,6 +211,14 @@ mod tests {
                 pos += n;
             }
             prop_assert_eq!(lens, stream_lengths(&p, &data));
+        }
+
+        #[test]
+        fn chunks_agree_with_stream(data in proptest::collection::vec(any::<u8>(), 0..100_000)) {
+            let p = params();
+            let ours: Vec<Vec<u8>> = p.chunks(&data[..]).map(|c| c.unwrap()).collect();
+            let theirs: Vec<Vec<u8>> = p.stream(&data[..]).map(|c| c.unwrap().data).collect();
+            prop_assert_eq!(ours, theirs);
         }
     }
 

@@ -51,6 +51,9 @@ impl ChunkStore for LocalStore {
             .join(format!("{}.{}.{seq}", id.to_hex(), std::process::id()));
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(object).at(&tmp)?;
+        // Start writeback now so the disk works while we compute; `sync` then has little
+        // left to wait for.
+        unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         drop(f);
         // Rename replaces atomically; a replaced object had the same plaintext or was damaged.
         let dest = self.path(id);

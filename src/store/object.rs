@@ -15,7 +15,8 @@ const CODEC_ZSTD: u8 = 1;
 const ZSTD_LEVEL: i32 = 3;
 /// Compress only when it saves at least this fraction (in 1/64ths) of the chunk.
 const MIN_SAVING_64THS: usize = 2;
-const PROBE_LEN: usize = 16 << 10;
+const PROBE_LEN: usize = 4 << 10;
+const PROBES: usize = 8;
 
 /// What the object header says about the chunk inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,10 +42,16 @@ pub fn parse_header(id: &ChunkId, bytes: &[u8]) -> Result<ObjectHeader> {
     Ok(ObjectHeader { compressed, raw_len })
 }
 
+thread_local! {
+    // A zstd context is megabytes of tables: build one per thread, not one per chunk.
+    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
+}
+
 /// Encodes a chunk, compressing it with zstd only when that pays.
 pub fn encode(data: &[u8]) -> Vec<u8> {
     if worth_compressing(data)
-        && let Ok(z) = zstd::bulk::compress(data, ZSTD_LEVEL)
+        && let Ok(z) = COMPRESSOR.with_borrow_mut(|c| c.compress(data))
         && z.len() + data.len() * MIN_SAVING_64THS / 64 < data.len()
     {
         return with_header(CODEC_ZSTD, data.len(), &z);
@@ -52,17 +59,21 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
     with_header(CODEC_RAW, data.len(), data)
 }
 
-/// Random and already-compressed data costs zstd time for nothing: probe a slice first.
+/// Random and already-compressed data costs zstd time for nothing. Probe a few spread-out
+/// samples, since one chunk can mix compressible and incompressible regions.
 fn worth_compressing(data: &[u8]) -> bool {
     if data.len() < 64 {
         return false;
     }
-    if data.len() <= PROBE_LEN * 2 {
+    if data.len() <= PROBES * PROBE_LEN * 2 {
         return true;
     }
-    let mid = data.len() / 2 - PROBE_LEN / 2;
-    let probe = &data[mid..mid + PROBE_LEN];
-    zstd::bulk::compress(probe, 1).is_ok_and(|z| z.len() < PROBE_LEN * 62 / 64)
+    let step = data.len() / PROBES;
+    (0..PROBES).any(|i| {
+        let at = i * step + step / 2 - PROBE_LEN / 2;
+        let probe = &data[at..at + PROBE_LEN];
+        zstd::bulk::compress(probe, 1).is_ok_and(|z| z.len() < PROBE_LEN * 62 / 64)
+    })
 }
 
 fn with_header(codec: u8, raw_len: usize, payload: &[u8]) -> Vec<u8> {
