@@ -32,8 +32,10 @@ const WORKERS: usize = 2;
 const CHUNK_QUEUE: usize = 6;
 const FILE_QUEUE: usize = 256;
 const WORKER_BATCH: usize = 8;
-/// New chunks are made durable and registered in the index at least this often.
-const REGISTER_EVERY_BYTES: u64 = 256 << 20;
+/// New chunks are made durable and registered in the index at least this often. Each flush
+/// waits for the disk, so it is rare; chunks stored but not yet registered when a run dies
+/// are found in the store and reused by the next run.
+const REGISTER_EVERY_BYTES: u64 = 4 << 30;
 /// Whole-file dedup of small files within one run remembers at most this many files.
 const SMALL_DEDUP_CAP: usize = 1 << 20;
 
@@ -74,6 +76,7 @@ pub type WarningSink<'a> = &'a (dyn Fn(&FileWarning) + Sync);
 
 pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warning: WarningSink) -> Result<BackupReport> {
     let started = Instant::now();
+    let time = chrono::Utc::now();
     let sources = absolute_sources(&opts.paths)?;
     let excludes = Excludes::new(&opts.excludes)?;
     let paths: Vec<String> = sources.iter().map(|p| p.to_string_lossy().into_owned()).collect();
@@ -148,7 +151,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
     warnings.sort_by(|a, b| a.path.cmp(&b.path));
     let snapshot = Snapshot {
         version: SNAPSHOT_VERSION,
-        time: chrono::Utc::now(),
+        time,
         host: opts.host.clone(),
         paths,
         tags: opts.tags.clone(),

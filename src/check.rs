@@ -119,7 +119,8 @@ fn walk_snapshot(
             if node.kind == NodeType::File {
                 for s in &node.content {
                     on_file(s.id(), &p.to_string_lossy());
-                    if walked.chunks.insert(*s.id()) && !stored.contains_key(s.id()) {
+                    walked.chunks.insert(*s.id());
+                    if !stored.contains_key(s.id()) {
                         problems.push(format!("snapshot {}: file {}: chunk {} is missing", &sid[..12], p.display(), s.id()));
                     }
                 }

@@ -15,17 +15,18 @@ const BLOOM_FILE: &str = "bloom";
 
 pub struct LocalIndex {
     dir: PathBuf,
-    shards: Vec<Mutex<Connection>>,
+    /// Opened on first use, so commands that never touch the index work on read-only media.
+    shards: Vec<Mutex<Option<Connection>>>,
     /// The filter as loaded plus everything registered through this handle.
     filter: Mutex<Option<BloomFilter>>,
 }
 
 impl LocalIndex {
     pub fn open(dir: &Path, shard_count: u32) -> Result<Self> {
-        fs::create_dir_all(dir).at(dir)?;
-        let shards = (0..shard_count)
-            .map(|s| open_shard(&shard_path(dir, s)).map(Mutex::new))
-            .collect::<Result<Vec<_>>>()?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).at(dir)?;
+        }
+        let shards = (0..shard_count).map(|_| Mutex::new(None)).collect();
         Ok(LocalIndex {
             dir: dir.to_path_buf(),
             shards,
@@ -33,17 +34,19 @@ impl LocalIndex {
         })
     }
 
-    fn shard(&self, s: usize) -> (MutexGuard<'_, Connection>, PathBuf) {
-        (
-            self.shards[s].lock().expect("shard lock poisoned"),
-            shard_path(&self.dir, s as u32),
-        )
+    fn shard(&self, s: usize) -> Result<(ShardGuard<'_>, PathBuf)> {
+        let path = shard_path(&self.dir, s as u32);
+        let mut guard = self.shards[s].lock().expect("shard lock poisoned");
+        if guard.is_none() {
+            *guard = Some(open_shard(&path)?);
+        }
+        Ok((ShardGuard(guard), path))
     }
 
     fn count(&self) -> Result<u64> {
         let mut n = 0u64;
         for s in 0..self.shards.len() {
-            let (conn, path) = self.shard(s);
+            let (conn, path) = self.shard(s)?;
             let c: i64 = conn
                 .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
                 .map_err(|source| Error::Index { path, source })?;
@@ -86,11 +89,47 @@ impl LocalIndex {
     }
 }
 
+struct ShardGuard<'a>(MutexGuard<'a, Option<Connection>>);
+
+impl std::ops::Deref for ShardGuard<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.0.as_ref().expect("shard opened")
+    }
+}
+
+impl std::ops::DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0.as_mut().expect("shard opened")
+    }
+}
+
 fn shard_path(dir: &Path, shard: u32) -> PathBuf {
     dir.join(format!("shard-{shard:04x}.sqlite"))
 }
 
 fn open_shard(path: &Path) -> Result<Connection> {
+    match open_shard_writable(path) {
+        Ok(conn) => Ok(conn),
+        // Someone else's repository or read-only media: reading still works.
+        Err(e) if path.exists() => open_shard_read_only(path).map_err(|_| e),
+        Err(e) => Err(e),
+    }
+}
+
+fn open_shard_read_only(path: &Path) -> Result<Connection> {
+    let err = |source| Error::Index {
+        path: path.to_path_buf(),
+        source,
+    };
+    let uri = format!("file:{}?immutable=1", path.display());
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri, flags).map_err(err)?;
+    conn.query_row("SELECT count(*) FROM chunks", [], |_| Ok(())).map_err(err)?;
+    Ok(conn)
+}
+
+fn open_shard_writable(path: &Path) -> Result<Connection> {
     let err = |source| Error::Index {
         path: path.to_path_buf(),
         source,
@@ -100,6 +139,9 @@ fn open_shard(path: &Path) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(600)).map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+    // Lookups are point queries spread over many shards: a small page cache per shard keeps
+    // memory flat (SQLite's default is 2 MiB per connection).
+    conn.pragma_update(None, "cache_size", -256).map_err(err)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS chunks (
             id BLOB PRIMARY KEY,
@@ -118,7 +160,7 @@ impl Index for LocalIndex {
             if group.is_empty() {
                 continue;
             }
-            let (conn, path) = self.shard(s);
+            let (conn, path) = self.shard(s)?;
             let err = |source| Error::Index { path: path.clone(), source };
             let mut stmt = conn
                 .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")
@@ -136,7 +178,7 @@ impl Index for LocalIndex {
             if group.is_empty() {
                 continue;
             }
-            let (mut conn, path) = self.shard(s);
+            let (mut conn, path) = self.shard(s)?;
             let err = |source| Error::Index { path: path.clone(), source };
             let tx = conn.transaction().map_err(err)?;
             {
@@ -177,7 +219,7 @@ impl Index for LocalIndex {
 
     fn rebuild(&self, entries: &[IndexEntry]) -> Result<()> {
         for s in 0..self.shards.len() {
-            let (conn, path) = self.shard(s);
+            let (conn, path) = self.shard(s)?;
             conn.execute("DELETE FROM chunks", [])
                 .map_err(|source| Error::Index { path, source })?;
         }
@@ -191,7 +233,7 @@ impl Index for LocalIndex {
 
     fn entries(&self, visit: &mut dyn FnMut(IndexEntry)) -> Result<()> {
         for s in 0..self.shards.len() {
-            let (conn, path) = self.shard(s);
+            let (conn, path) = self.shard(s)?;
             let err = |source| Error::Index { path: path.clone(), source };
             let mut stmt = conn
                 .prepare_cached("SELECT id, raw_len, stored_len FROM chunks")

@@ -49,15 +49,21 @@ impl ChunkStore for LocalStore {
         let tmp = self
             .tmp
             .join(format!("{}.{}.{seq}", id.to_hex(), std::process::id()));
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(object).at(&tmp)?;
-        // Start writeback now so the disk works while we compute; `sync` then has little
-        // left to wait for.
-        unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        drop(f);
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(object)?;
+            // Start writeback now so the disk works while we compute; `sync` then has little
+            // left to wait for.
+            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            Ok(())
+        });
         // Rename replaces atomically; a replaced object had the same plaintext or was damaged.
         let dest = self.path(id);
-        fs::rename(&tmp, &dest).at(&dest)
+        let result = written.at(&tmp).and_then(|()| fs::rename(&tmp, &dest).at(&dest));
+        if result.is_err() {
+            // A partial temp file must not hold on to the space that just ran out.
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
