@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::ChunkId;
-use crate::index::{Deduper, IndexEntry};
+use crate::index::{Deduper, FileEntry, IndexEntry};
 use crate::manifest::{FileWarning, Node, NodeType, RawBytes, SNAPSHOT_VERSION, Slice, Snapshot, Summary, Tree};
 use crate::repo::Repository;
 use crate::store::object;
@@ -32,6 +32,8 @@ const WORKERS: usize = 2;
 const CHUNK_QUEUE: usize = 6;
 const FILE_QUEUE: usize = 256;
 const WORKER_BATCH: usize = 8;
+/// Small files read, hashed and looked up in the index together.
+const PACK_BATCH: usize = 64;
 /// New chunks are made durable and registered in the index at least this often. Each flush
 /// waits for the disk, so it is rare; chunks stored but not yet registered when a run dies
 /// are found in the store and reused by the next run.
@@ -92,6 +94,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         dry_run: opts.dry_run,
         live,
         pending: Mutex::new((Vec::new(), 0)),
+        pending_files: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
     };
     let warnings = Warnings { list: Mutex::new(Vec::new()), sink: on_warning };
@@ -112,7 +115,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
             s.spawn(|| read_large_files(repo, rx, tx, &warnings, live));
         }
         drop(large_rx);
-        let packer = Packer::new(repo, chunk_tx);
+        let packer = Packer::new(repo, &sink, chunk_tx);
         s.spawn(|| packer.run(small_rx, &warnings, live));
         let builder = s.spawn(|| build_trees(&sink, dir_rx, &counts));
         let mut walker = Walker {
@@ -138,6 +141,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
     }
     let root = root?;
     sink.flush_registrations()?;
+    sink.register_files()?;
     if !opts.dry_run {
         repo.index().flush_filter()?;
     }
@@ -250,8 +254,15 @@ impl<T: Clone> Pending<T> {
     }
 }
 
-/// A file's chunk list, or None when it could not be read (the warning says why).
-type Content = Option<Vec<Slice>>;
+/// A file's chunk list and, for small files, the hash of its whole content.
+#[derive(Clone)]
+struct FileContent {
+    slices: Vec<Slice>,
+    hash: Option<ChunkId>,
+}
+
+/// None when the file could not be read (the warning says why).
+type Content = Option<FileContent>;
 
 struct FileJob {
     path: PathBuf,
@@ -299,6 +310,8 @@ struct Sink<'a> {
     live: &'a LiveStats,
     /// Entries stored but not yet registered, and their stored bytes.
     pending: Mutex<(Vec<IndexEntry>, u64)>,
+    /// Small files packed by this run, registered only once the run's chunks all are.
+    pending_files: Mutex<Vec<FileEntry>>,
     failure: Mutex<Option<Error>>,
 }
 
@@ -311,7 +324,7 @@ impl Sink<'_> {
                 continue; // keep draining so producers never block on a dead pipeline
             }
             if let Err(e) = self.store_batch(&batch) {
-                self.failure.lock().expect("poisoned").get_or_insert(e);
+                self.fail(e);
             }
         }
     }
@@ -359,6 +372,26 @@ impl Sink<'_> {
         self.repo.index().register(&entries)
     }
 
+    /// Called once every chunk of the run is stored and registered.
+    fn register_files(&self) -> Result<()> {
+        let files = std::mem::take(&mut *self.pending_files.lock().expect("poisoned"));
+        if files.is_empty() || self.dry_run {
+            return Ok(());
+        }
+        self.repo.index().register_files(&files)
+    }
+
+    fn packed_file(&self, entry: FileEntry) {
+        let mut files = self.pending_files.lock().expect("poisoned");
+        if files.len() < SMALL_DEDUP_CAP {
+            files.push(entry);
+        }
+    }
+
+    fn fail(&self, e: Error) {
+        self.failure.lock().expect("poisoned").get_or_insert(e);
+    }
+
     /// Trees go through the same dedup and store path as file chunks.
     fn store_tree(&self, tree: &Tree) -> Result<ChunkId> {
         let bytes = tree.to_bytes();
@@ -391,7 +424,7 @@ fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJo
         let content = match result {
             Ok(slices) => {
                 check_read(&job, Ok(slices.iter().map(|s| s.len() as u64).sum()), warnings);
-                Some(slices)
+                Some(FileContent { slices, hash: None })
             }
             Err(e) => {
                 check_read(&job, Err(e), warnings);
@@ -419,9 +452,12 @@ fn check_read(job: &FileJob, read: std::io::Result<u64>, warnings: &Warnings) ->
 }
 
 /// Packs small files into one stream cut by the same chunker, so a tree of many small
-/// files makes a few chunk objects rather than one per file (as duplicacy does).
+/// files makes a few chunk objects rather than one per file (as duplicacy does). A small file
+/// whose exact bytes the repository already holds (by whole-content hash: another path,
+/// another machine, a touched but unchanged file) is not packed again.
 struct Packer<'a> {
     repo: &'a Repository,
+    sink: &'a Sink<'a>,
     tx: Sender<ChunkJob>,
     /// Stream bytes not yet cut; `base` is the stream offset of `buf[0]`.
     buf: Vec<u8>,
@@ -429,30 +465,46 @@ struct Packer<'a> {
     /// Every chunk cut so far: (stream offset, length, id).
     cuts: Vec<(u64, u32, ChunkId)>,
     /// Files waiting for the chunks covering their stream range.
-    waiting: VecDeque<(u64, u64, Pending<Content>)>,
-    /// Identical small files share one stream range.
-    seen: HashMap<[u8; 32], (u64, u64)>,
+    waiting: VecDeque<Waiting>,
+    /// Identical small files within the run share one stream range.
+    seen: HashMap<ChunkId, (u64, u64)>,
+}
+
+struct Waiting {
+    start: u64,
+    end: u64,
+    hash: ChunkId,
+    content: Pending<Content>,
+    /// Only the first file with this content is recorded in the index.
+    first: bool,
+}
+
+/// A small file read whole, with the hash of its bytes.
+struct SmallFile {
+    job: FileJob,
+    data: Vec<u8>,
+    hash: ChunkId,
 }
 
 impl<'a> Packer<'a> {
-    fn new(repo: &'a Repository, tx: Sender<ChunkJob>) -> Self {
-        Packer { repo, tx, buf: Vec::new(), base: 0, cuts: Vec::new(), waiting: VecDeque::new(), seen: HashMap::new() }
+    fn new(repo: &'a Repository, sink: &'a Sink<'a>, tx: Sender<ChunkJob>) -> Self {
+        Packer { repo, sink, tx, buf: Vec::new(), base: 0, cuts: Vec::new(), waiting: VecDeque::new(), seen: HashMap::new() }
     }
 
     fn run(mut self, rx: Receiver<FileJob>, warnings: &Warnings, live: &LiveStats) {
         let max = self.repo.config().chunker.max_size as usize;
-        for job in rx {
-            let mut data = Vec::with_capacity(job.size as usize);
-            let read = File::open(&job.path).and_then(|f| f.take(max as u64).read_to_end(&mut data));
-            live.bytes.fetch_add(data.len() as u64, Relaxed);
-            live.read_bytes.fetch_add(data.len() as u64, Relaxed);
-            if !check_read(&job, read.map(|n| n as u64), warnings) {
-                job.content.set(None);
-                continue;
-            }
-            self.add(&data, job.content);
-            while self.buf.len() >= max {
-                self.cut_one();
+        while let Ok(first) = rx.recv() {
+            let batch: Vec<FileJob> = std::iter::once(first).chain(rx.try_iter().take(PACK_BATCH - 1)).collect();
+            let files: Vec<SmallFile> = batch.into_iter().filter_map(|job| self.read(job, warnings, live)).collect();
+            let known = self.known_content(&files);
+            for (file, known) in files.into_iter().zip(known) {
+                match known {
+                    Some(slices) => file.job.content.set(Some(FileContent { slices, hash: Some(file.hash) })),
+                    None => self.add(file),
+                }
+                while self.buf.len() >= max {
+                    self.cut_one();
+                }
             }
         }
         while !self.buf.is_empty() {
@@ -461,28 +513,56 @@ impl<'a> Packer<'a> {
         self.resolve_ready();
     }
 
+    /// Reads a small file whole; empty and unreadable files are settled here.
+    fn read(&self, job: FileJob, warnings: &Warnings, live: &LiveStats) -> Option<SmallFile> {
+        let max = u64::from(self.repo.config().chunker.max_size);
+        let mut data = Vec::with_capacity(job.size as usize);
+        let read = File::open(&job.path).and_then(|f| f.take(max).read_to_end(&mut data));
+        live.bytes.fetch_add(data.len() as u64, Relaxed);
+        live.read_bytes.fetch_add(data.len() as u64, Relaxed);
+        if !check_read(&job, read.map(|n| n as u64), warnings) {
+            job.content.set(None);
+            return None;
+        }
+        if data.is_empty() {
+            job.content.set(Some(FileContent { slices: Vec::new(), hash: None }));
+            return None;
+        }
+        let hash = self.repo.hash(&data);
+        Some(SmallFile { job, data, hash })
+    }
+
+    /// For each file, the slices of identical content the index already holds. One batched
+    /// query; an index that cannot answer fails the run like any store error.
+    fn known_content(&self, files: &[SmallFile]) -> Vec<Option<Vec<Slice>>> {
+        let ask: Vec<ChunkId> = files.iter().map(|f| f.hash).filter(|h| !self.seen.contains_key(h)).collect();
+        let mut answers: HashMap<ChunkId, Vec<Slice>> = HashMap::new();
+        if !ask.is_empty() {
+            match self.repo.index().lookup_files(&ask) {
+                Ok(found) => answers.extend(ask.into_iter().zip(found).filter_map(|(h, f)| Some((h, f?)))),
+                Err(e) => self.sink.fail(e),
+            }
+        }
+        files.iter().map(|f| answers.get(&f.hash).cloned()).collect()
+    }
+
     fn end(&self) -> u64 {
         self.base + self.buf.len() as u64
     }
 
-    fn add(&mut self, data: &[u8], content: Pending<Content>) {
-        if data.is_empty() {
-            content.set(Some(Vec::new()));
-            return;
-        }
-        let key = *blake3::hash(data).as_bytes();
-        let range = match self.seen.get(&key) {
-            Some(&r) => r,
+    fn add(&mut self, file: SmallFile) {
+        let (range, first) = match self.seen.get(&file.hash) {
+            Some(&r) => (r, false),
             None => {
-                let r = (self.end(), self.end() + data.len() as u64);
-                self.buf.extend_from_slice(data);
+                let r = (self.end(), self.end() + file.data.len() as u64);
+                self.buf.extend_from_slice(&file.data);
                 if self.seen.len() < SMALL_DEDUP_CAP {
-                    self.seen.insert(key, r);
+                    self.seen.insert(file.hash, r);
                 }
-                r
+                (r, true)
             }
         };
-        self.waiting.push_back((range.0, range.1, content));
+        self.waiting.push_back(Waiting { start: range.0, end: range.1, hash: file.hash, content: file.job.content, first });
     }
 
     fn cut_one(&mut self) {
@@ -498,12 +578,13 @@ impl<'a> Packer<'a> {
     }
 
     fn resolve_ready(&mut self) {
-        while let Some((start, end, _)) = self.waiting.front() {
-            if *end > self.base {
-                break;
+        while self.waiting.front().is_some_and(|w| w.end <= self.base) {
+            let w = self.waiting.pop_front().expect("front exists");
+            let slices = self.slices(w.start, w.end);
+            if w.first {
+                self.sink.packed_file(FileEntry { hash: w.hash, content: slices.clone() });
             }
-            let slices = self.slices(*start, *end);
-            self.waiting.pop_front().expect("front exists").2.set(Some(slices));
+            w.content.set(Some(FileContent { slices, hash: Some(w.hash) }));
         }
     }
 
@@ -544,9 +625,10 @@ fn build_trees(sink: &Sink, rx: Receiver<DirRecord>, counts: &Mutex<Summary>) ->
                     nodes.push(subdirs.next().expect("subdir built"));
                 }
                 Entry::File(mut n, content) => {
-                    if let Some(slices) = content.wait() {
+                    if let Some(FileContent { slices, hash }) = content.wait() {
                         n.size = slices.iter().map(|s| s.len() as u64).sum();
                         n.content = slices;
+                        n.hash = hash;
                         c.files += 1;
                         c.total_bytes += n.size;
                         sink.live.files.fetch_add(1, Relaxed);
@@ -706,9 +788,10 @@ impl Walker<'_> {
         });
         let content = if unchanged && !self.opts.force_rehash {
             self.live.bytes.fetch_add(node.size, Relaxed);
-            Pending::ready(Some(old.expect("unchanged implies old").content.clone()))
+            let old = old.expect("unchanged implies old");
+            Pending::ready(Some(FileContent { slices: old.content.clone(), hash: old.hash }))
         } else if node.size == 0 {
-            Pending::ready(Some(Vec::new()))
+            Pending::ready(Some(FileContent { slices: Vec::new(), hash: None }))
         } else {
             let job = FileJob { path: path.to_path_buf(), size: node.size, content: Pending::new() };
             let content = job.content.clone();

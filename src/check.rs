@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::fingerprint::ChunkId;
-use crate::index::IndexEntry;
-use crate::manifest::NodeType;
+use crate::index::{FileEntry, IndexEntry};
+use crate::manifest::{NodeType, Slice};
 use crate::repo::Repository;
 use crate::store::object;
 
@@ -167,20 +167,48 @@ fn name_affected(
     out
 }
 
-/// Rebuilds the index (and its Bloom filter) from the objects in the store.
-pub fn rebuild_index(repo: &Repository) -> Result<u64> {
+/// Rebuilds the index (and its Bloom filter) from the objects in the store, and the small-file
+/// entries from the snapshots' trees. Returns the number of chunks and files indexed.
+pub fn rebuild_index(repo: &Repository) -> Result<(u64, u64)> {
     let mut objects = Vec::new();
     repo.store().list(&mut |id, len| {
         objects.push((id, len));
         Ok(())
     })?;
-    let entries: Vec<IndexEntry> = objects
+    let chunks: Vec<IndexEntry> = objects
         .par_iter()
         .filter_map(|(id, len)| {
             let header = object::parse_header(id, &repo.store().get(id).ok()?).ok()?;
             Some(IndexEntry { id: *id, raw_len: header.raw_len, stored_len: *len })
         })
         .collect();
-    repo.index().rebuild(&entries)?;
-    Ok(entries.len() as u64)
+    let stored: HashSet<ChunkId> = chunks.iter().map(|e| e.id).collect();
+    let files = small_files(repo, &stored)?;
+    repo.index().rebuild(&chunks, &files)?;
+    Ok((chunks.len() as u64, files.len() as u64))
+}
+
+/// Every small file in every snapshot whose chunks are all in `stored`, once per content.
+fn small_files(repo: &Repository, stored: &HashSet<ChunkId>) -> Result<Vec<FileEntry>> {
+    let mut files: HashMap<ChunkId, Vec<Slice>> = HashMap::new();
+    let mut seen_trees = HashSet::new();
+    for (_, snap) in repo.snapshots()? {
+        let mut stack = vec![snap.tree];
+        while let Some(id) = stack.pop() {
+            if !seen_trees.insert(id) {
+                continue;
+            }
+            // A damaged tree is check's to report; its files simply stay unindexed.
+            let Ok(tree) = repo.load_tree(&id) else { continue };
+            for node in tree.nodes {
+                stack.extend(node.subtree);
+                if let Some(hash) = node.hash
+                    && node.content.iter().all(|s| stored.contains(s.id()))
+                {
+                    files.entry(hash).or_insert(node.content);
+                }
+            }
+        }
+    }
+    Ok(files.into_iter().map(|(hash, content)| FileEntry { hash, content }).collect())
 }

@@ -232,8 +232,8 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Repair { what: RepairWhat::Index } => {
-            let n = check::rebuild_index(&open()?)?;
-            println!("index rebuilt from the chunk store: {n} chunks");
+            let (chunks, files) = check::rebuild_index(&open()?)?;
+            println!("index rebuilt from the chunk store: {chunks} chunks, {files} small files");
             Ok(0)
         }
         Command::Completions { shell } => {

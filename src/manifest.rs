@@ -110,6 +110,10 @@ pub struct Node {
     pub inode: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
+    /// Hash of the whole content, for small files (those packed into a shared stream): lets
+    /// an identical small file anywhere in the repository reuse this one's slices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ChunkId>,
     /// Set only for files with more than one hard link: (device, link count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<(u64, u64)>,

@@ -90,6 +90,7 @@ pub fn node_from_metadata(name: RawBytes, path: &Path, meta: &Metadata) -> io::R
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         inode: meta.ino(),
         size: if kind == NodeType::File { meta.len() } else { 0 },
+        hash: None,
         links,
         content: Vec::new(),
         subtree: None,

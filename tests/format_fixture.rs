@@ -420,7 +420,7 @@ fn check_and_index_rebuild_on_the_fixture() {
     assert!(report.is_ok(), "{report:?}");
     assert_eq!((report.snapshots, report.trees, report.objects, report.objects_read), (1, 5, 12, 12));
 
-    assert_eq!(tessera::check::rebuild_index(&repo).unwrap(), 12);
+    assert_eq!(tessera::check::rebuild_index(&repo).unwrap(), (12, 0));
     drop(repo);
 
     // The derived index: 16 shard files, `shard-%04x.sqlite`.
@@ -574,6 +574,7 @@ fn literal_bytes_decode_to_known_values() {
             ctime_ns: 7,
             inode: 9,
             size: 5,
+            hash: None,
             links: Some((2049, 3)),
             content: vec![Slice(id(&chunk), 10, 5)],
             subtree: None,
@@ -591,6 +592,7 @@ fn literal_bytes_decode_to_known_values() {
             ctime_ns: 0,
             inode: 2,
             size: 0,
+            hash: None,
             links: None,
             content: vec![],
             subtree: None,
@@ -608,6 +610,7 @@ fn literal_bytes_decode_to_known_values() {
             ctime_ns: 1,
             inode: 3,
             size: 0,
+            hash: None,
             links: None,
             content: vec![],
             subtree: Some(id(&sub)),
@@ -625,6 +628,7 @@ fn literal_bytes_decode_to_known_values() {
             ctime_ns: 1,
             inode: 4,
             size: 0,
+            hash: None,
             links: None,
             content: vec![],
             subtree: None,

@@ -9,7 +9,8 @@ use rusqlite::{Connection, params};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::ChunkId;
-use crate::index::{BloomFilter, Index, IndexEntry, by_shard};
+use crate::index::{BloomFilter, FileEntry, Index, IndexEntry, by_shard};
+use crate::manifest::Slice;
 
 const BLOOM_FILE: &str = "bloom";
 
@@ -147,6 +148,10 @@ fn open_shard_writable(path: &Path) -> Result<Connection> {
             id BLOB PRIMARY KEY,
             raw_len INTEGER NOT NULL,
             stored_len INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS files (
+            hash BLOB PRIMARY KEY,
+            content BLOB NOT NULL
         ) WITHOUT ROWID;",
     )
     .map_err(err)?;
@@ -217,13 +222,58 @@ impl Index for LocalIndex {
         self.write_filter(filter)
     }
 
-    fn rebuild(&self, entries: &[IndexEntry]) -> Result<()> {
+    fn lookup_files(&self, hashes: &[ChunkId]) -> Result<Vec<Option<Vec<Slice>>>> {
+        let mut found = vec![None; hashes.len()];
+        for (s, group) in by_shard(hashes, self.shards.len() as u32).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let (conn, path) = self.shard(s)?;
+            let err = |source| Error::Index { path: path.clone(), source };
+            let mut stmt = conn
+                .prepare_cached("SELECT content FROM files WHERE hash = ?1")
+                .map_err(err)?;
+            for i in group {
+                let mut rows = stmt.query(params![&hashes[i].0[..]]).map_err(err)?;
+                if let Some(row) = rows.next().map_err(err)? {
+                    found[i] = decode_slices(&row.get::<_, Vec<u8>>(0).map_err(err)?);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn register_files(&self, files: &[FileEntry]) -> Result<()> {
+        let hashes: Vec<ChunkId> = files.iter().map(|f| f.hash).collect();
+        for (s, group) in by_shard(&hashes, self.shards.len() as u32).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let (mut conn, path) = self.shard(s)?;
+            let err = |source| Error::Index { path: path.clone(), source };
+            let tx = conn.transaction().map_err(err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("INSERT OR IGNORE INTO files (hash, content) VALUES (?1, ?2)")
+                    .map_err(err)?;
+                for i in group {
+                    stmt.execute(params![&files[i].hash.0[..], encode_slices(&files[i].content)])
+                        .map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn rebuild(&self, chunks: &[IndexEntry], files: &[FileEntry]) -> Result<()> {
         for s in 0..self.shards.len() {
             let (conn, path) = self.shard(s)?;
-            conn.execute("DELETE FROM chunks", [])
+            conn.execute_batch("DELETE FROM chunks; DELETE FROM files;")
                 .map_err(|source| Error::Index { path, source })?;
         }
-        self.register(entries)?;
+        self.register(chunks)?;
+        self.register_files(files)?;
         let generation = self.filter_guard()?.as_ref().map_or(0, |f| f.generation);
         let fresh = self.build_filter(generation + 1)?;
         self.write_filter(&fresh)?;
@@ -253,6 +303,31 @@ impl Index for LocalIndex {
         }
         Ok(())
     }
+}
+
+/// Slices as 40-byte records: chunk id, offset (u32 LE), length (u32 LE).
+fn encode_slices(slices: &[Slice]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(slices.len() * 40);
+    for s in slices {
+        out.extend_from_slice(&s.0.0);
+        out.extend_from_slice(&s.1.to_le_bytes());
+        out.extend_from_slice(&s.2.to_le_bytes());
+    }
+    out
+}
+
+/// None for a malformed record: the entry is then treated as absent, which is always safe.
+fn decode_slices(bytes: &[u8]) -> Option<Vec<Slice>> {
+    if bytes.len() % 40 != 0 {
+        return None;
+    }
+    let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    Some(
+        bytes
+            .chunks_exact(40)
+            .map(|r| Slice(ChunkId(r[..32].try_into().expect("32 bytes")), word(&r[32..36]), word(&r[36..40])))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -286,7 +361,12 @@ mod tests {
         assert!(ids[..50].iter().all(|id| filter.may_contain(id)));
         assert!(filter.generation >= 1);
 
-        idx.rebuild(&entries[50..]).unwrap();
+        let file = FileEntry { hash: ids[0], content: vec![Slice(ids[1], 7, 9), Slice(ids[2], 0, 3)] };
+        idx.register_files(std::slice::from_ref(&file)).unwrap();
+        assert_eq!(idx.lookup_files(&[ids[0], ids[3]]).unwrap(), vec![Some(file.content.clone()), None]);
+
+        idx.rebuild(&entries[50..], &[]).unwrap();
+        assert_eq!(idx.lookup_files(&[ids[0]]).unwrap(), vec![None]);
         let found = idx.lookup(&ids).unwrap();
         assert!(found[..50].iter().all(|&f| !f));
         assert!(found[50..].iter().all(|&f| f));
