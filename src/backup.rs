@@ -29,11 +29,13 @@ use crate::walk::{Excludes, node_from_metadata};
 
 const READERS: usize = 2;
 const WORKERS: usize = 2;
-const CHUNK_QUEUE: usize = 6;
+const CHUNK_QUEUE: usize = 4;
 const FILE_QUEUE: usize = 256;
-const WORKER_BATCH: usize = 8;
-/// Small files read, hashed and looked up in the index together.
+const WORKER_BATCH: usize = 4;
+/// Small files read, hashed and looked up in the index together: at most this many files
+/// and about this many bytes.
 const PACK_BATCH: usize = 64;
+const PACK_BATCH_BYTES: u64 = 4 << 20;
 /// New chunks are made durable and registered in the index at least this often. Each flush
 /// waits for the disk, so it is rare; chunks stored but not yet registered when a run dies
 /// are found in the store and reused by the next run.
@@ -494,7 +496,13 @@ impl<'a> Packer<'a> {
     fn run(mut self, rx: Receiver<FileJob>, warnings: &Warnings, live: &LiveStats) {
         let max = self.repo.config().chunker.max_size as usize;
         while let Ok(first) = rx.recv() {
-            let batch: Vec<FileJob> = std::iter::once(first).chain(rx.try_iter().take(PACK_BATCH - 1)).collect();
+            let mut bytes = first.size;
+            let mut batch = vec![first];
+            while batch.len() < PACK_BATCH && bytes < PACK_BATCH_BYTES {
+                let Ok(job) = rx.try_recv() else { break };
+                bytes += job.size;
+                batch.push(job);
+            }
             let files: Vec<SmallFile> = batch.into_iter().filter_map(|job| self.read(job, warnings, live)).collect();
             let known = self.known_content(&files);
             for (file, known) in files.into_iter().zip(known) {

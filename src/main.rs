@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tessera::backup::{BackupOptions, LiveStats};
 use tessera::chunker::{ChunkerParams, parse_size};
 use tessera::fingerprint::HashAlgo;
-use tessera::manifest::{Node, NodeType, Snapshot};
+use tessera::manifest::{Node, NodeType, RawBytes, Snapshot};
 use tessera::restore::{RestoreLive, RestoreOptions};
 use tessera::{Repository, check, restore, stats};
 
@@ -308,7 +308,7 @@ fn cmd_ls(repo: &Repository, spec: &str, path: Option<String>, long: bool, json:
     if json {
         let list: Vec<_> = items
             .iter()
-            .map(|i| serde_json::json!({"path": Path::new("/").join(&i.rel), "type": i.node.kind, "mode": i.node.mode, "size": i.node.size, "uid": i.node.uid, "gid": i.node.gid, "mtime_ns": i.node.mtime_ns}))
+            .map(|i| serde_json::json!({"path": RawBytes::from_os(Path::new("/").join(&i.rel).as_os_str()), "type": i.node.kind, "mode": i.node.mode, "size": i.node.size, "uid": i.node.uid, "gid": i.node.gid, "mtime_ns": i.node.mtime_ns}))
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({"snapshot": id, "entries": list}))?)?;
         return Ok(0);
