@@ -411,7 +411,7 @@ fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJo
         let result = (|| -> std::io::Result<Vec<Slice>> {
             let file = File::open(&job.path)?;
             let mut slices = Vec::new();
-            for data in params.chunks(file) {
+            for data in params.chunks(file, job.size) {
                 let data = data?;
                 let id = repo.hash(&data);
                 slices.push(Slice(id, 0, data.len() as u32));

@@ -64,11 +64,13 @@ impl ChunkerParams {
     }
 
     /// Streams chunks of `source` without reading it whole, copying each byte once.
-    pub fn chunks<R: Read>(&self, source: R) -> Chunks<R> {
+    /// `size_hint` (the expected length) keeps the window small for small inputs.
+    pub fn chunks<R: Read>(&self, source: R, size_hint: u64) -> Chunks<R> {
+        let window = (2 * u64::from(self.max_size)).min(size_hint + 1) as usize;
         Chunks {
             params: *self,
             source,
-            buf: vec![0; 2 * self.max_size as usize],
+            buf: vec![0; window.max(1)],
             start: 0,
             end: 0,
             eof: false,
@@ -117,7 +119,15 @@ impl<R: Read> Chunks<R> {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        while self.end < self.buf.len() {
+        loop {
+            if self.end == self.buf.len() {
+                // Longer than the hint said: grow to the full window a cut needs.
+                let full = 2 * self.params.max_size as usize;
+                if self.buf.len() >= full {
+                    break;
+                }
+                self.buf.resize(full, 0);
+            }
             match self.source.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     self.eof = true;
@@ -216,9 +226,11 @@ mod tests {
         #[test]
         fn chunks_agree_with_stream(data in proptest::collection::vec(any::<u8>(), 0..100_000)) {
             let p = params();
-            let ours: Vec<Vec<u8>> = p.chunks(&data[..]).map(|c| c.unwrap()).collect();
             let theirs: Vec<Vec<u8>> = p.stream(&data[..]).map(|c| c.unwrap().data).collect();
-            prop_assert_eq!(ours, theirs);
+            for hint in [0, data.len() as u64 / 3, data.len() as u64, u64::MAX / 4] {
+                let ours: Vec<Vec<u8>> = p.chunks(&data[..], hint).map(|c| c.unwrap()).collect();
+                prop_assert_eq!(&ours, &theirs);
+            }
         }
     }
 
