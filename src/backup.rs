@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
+use crate::chunker::StreamPacker;
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::ChunkId;
 use crate::index::{Deduper, FileEntry, IndexEntry};
@@ -124,7 +125,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
             opts,
             excludes: &excludes,
             repo,
-            small_limit: u64::from(repo.config().chunker.avg_size),
+            small_limit: repo.cutter().small_file_limit(),
             large_tx,
             small_tx,
             dir_tx,
@@ -406,12 +407,12 @@ impl Sink<'_> {
 }
 
 fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJob>, warnings: &Warnings, live: &LiveStats) {
-    let params = repo.config().chunker;
+    let cutter = repo.cutter();
     for job in rx {
         let result = (|| -> std::io::Result<Vec<Slice>> {
             let file = File::open(&job.path)?;
             let mut slices = Vec::new();
-            for data in params.chunks(file, job.size) {
+            for data in cutter.chunks(file, job.size) {
                 let data = data?;
                 let id = repo.hash(&data);
                 slices.push(Slice(id, 0, data.len() as u32));
@@ -461,11 +462,7 @@ struct Packer<'a> {
     repo: &'a Repository,
     sink: &'a Sink<'a>,
     tx: Sender<ChunkJob>,
-    /// Stream bytes not yet cut; `base` is the stream offset of `buf[0]`.
-    buf: Vec<u8>,
-    base: u64,
-    /// Every chunk cut so far: (stream offset, length, id).
-    cuts: Vec<(u64, u32, ChunkId)>,
+    stream: StreamPacker,
     /// Files waiting for the chunks covering their stream range.
     waiting: VecDeque<Waiting>,
     /// Identical small files within the run share one stream range.
@@ -490,11 +487,11 @@ struct SmallFile {
 
 impl<'a> Packer<'a> {
     fn new(repo: &'a Repository, sink: &'a Sink<'a>, tx: Sender<ChunkJob>) -> Self {
-        Packer { repo, sink, tx, buf: Vec::new(), base: 0, cuts: Vec::new(), waiting: VecDeque::new(), seen: HashMap::new() }
+        let stream = StreamPacker::new(repo.cutter(), repo.config().hash);
+        Packer { repo, sink, tx, stream, waiting: VecDeque::new(), seen: HashMap::new() }
     }
 
     fn run(mut self, rx: Receiver<FileJob>, warnings: &Warnings, live: &LiveStats) {
-        let max = self.repo.config().chunker.max_size as usize;
         while let Ok(first) = rx.recv() {
             let mut bytes = first.size;
             let mut batch = vec![first];
@@ -510,20 +507,15 @@ impl<'a> Packer<'a> {
                     Some(slices) => file.job.content.set(Some(FileContent { slices, hash: Some(file.hash) })),
                     None => self.add(file),
                 }
-                while self.buf.len() >= max {
-                    self.cut_one();
-                }
+                self.cut(false);
             }
         }
-        while !self.buf.is_empty() {
-            self.cut_one();
-        }
-        self.resolve_ready();
+        self.cut(true);
     }
 
     /// Reads a small file whole; empty and unreadable files are settled here.
     fn read(&self, job: FileJob, warnings: &Warnings, live: &LiveStats) -> Option<SmallFile> {
-        let max = u64::from(self.repo.config().chunker.max_size);
+        let max = self.repo.cutter().max_size() as u64;
         let mut data = Vec::with_capacity(job.size as usize);
         let read = File::open(&job.path).and_then(|f| f.take(max).read_to_end(&mut data));
         live.bytes.fetch_add(data.len() as u64, Relaxed);
@@ -554,16 +546,11 @@ impl<'a> Packer<'a> {
         files.iter().map(|f| answers.get(&f.hash).cloned()).collect()
     }
 
-    fn end(&self) -> u64 {
-        self.base + self.buf.len() as u64
-    }
-
     fn add(&mut self, file: SmallFile) {
         let (range, first) = match self.seen.get(&file.hash) {
             Some(&r) => (r, false),
             None => {
-                let r = (self.end(), self.end() + file.data.len() as u64);
-                self.buf.extend_from_slice(&file.data);
+                let r = self.stream.push(&file.data);
                 if self.seen.len() < SMALL_DEDUP_CAP {
                     self.seen.insert(file.hash, r);
                 }
@@ -573,41 +560,21 @@ impl<'a> Packer<'a> {
         self.waiting.push_back(Waiting { start: range.0, end: range.1, hash: file.hash, content: file.job.content, first });
     }
 
-    fn cut_one(&mut self) {
-        let max = self.repo.config().chunker.max_size as usize;
-        let n = self.repo.config().chunker.first_cut(&self.buf[..self.buf.len().min(max)]);
-        let data: Vec<u8> = self.buf.drain(..n).collect();
-        let id = self.repo.hash(&data);
-        self.cuts.push((self.base, n as u32, id));
-        self.base += n as u64;
-        // A closed channel means the pipeline failed; the error is reported there.
-        let _ = self.tx.send(ChunkJob { id, data });
-        self.resolve_ready();
-    }
-
-    fn resolve_ready(&mut self) {
-        while self.waiting.front().is_some_and(|w| w.end <= self.base) {
+    /// Sends every chunk whose boundary is final (all of them when `finish`), then settles
+    /// the files those chunks complete.
+    fn cut(&mut self, finish: bool) {
+        while let Some((id, data)) = self.stream.cut(finish) {
+            // A closed channel means the pipeline failed; the error is reported there.
+            let _ = self.tx.send(ChunkJob { id, data });
+        }
+        while self.waiting.front().is_some_and(|w| w.end <= self.stream.cut_through()) {
             let w = self.waiting.pop_front().expect("front exists");
-            let slices = self.slices(w.start, w.end);
+            let slices = self.stream.slices(w.start, w.end);
             if w.first {
                 self.sink.packed_file(FileEntry { hash: w.hash, content: slices.clone() });
             }
             w.content.set(Some(FileContent { slices, hash: Some(w.hash) }));
         }
-    }
-
-    fn slices(&self, start: u64, end: u64) -> Vec<Slice> {
-        let first = self.cuts.partition_point(|&(off, len, _)| off + u64::from(len) <= start);
-        let mut out = Vec::new();
-        for &(off, len, id) in &self.cuts[first..] {
-            if off >= end {
-                break;
-            }
-            let from = start.max(off) - off;
-            let to = end.min(off + u64::from(len)) - off;
-            out.push(Slice(id, from as u32, (to - from) as u32));
-        }
-        out
     }
 }
 

@@ -6,6 +6,8 @@ use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, invalid};
+use crate::fingerprint::{ChunkId, HashAlgo};
+use crate::manifest::Slice;
 
 /// Chunk size bounds in bytes. Part of the repository config: changing them changes every id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,20 +65,6 @@ impl ChunkerParams {
         Ok(())
     }
 
-    /// Streams chunks of `source` without reading it whole, copying each byte once.
-    /// `size_hint` (the expected length) keeps the window small for small inputs.
-    pub fn chunks<R: Read>(&self, source: R, size_hint: u64) -> Chunks<R> {
-        let window = (2 * u64::from(self.max_size)).min(size_hint + 1) as usize;
-        Chunks {
-            params: *self,
-            source,
-            buf: vec![0; window.max(1)],
-            start: 0,
-            end: 0,
-            eof: false,
-        }
-    }
-
     /// The `fastcdc` crate's own streaming chunker; `chunks` must cut identically.
     pub fn stream<R: Read>(&self, source: R) -> StreamCDC<R> {
         StreamCDC::with_level(
@@ -103,10 +91,58 @@ impl ChunkerParams {
     }
 }
 
+/// How a byte stream is cut: content-defined (what repositories use) or at fixed offsets
+/// (for comparison in `analyze`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cutter {
+    FastCdc(ChunkerParams),
+    Fixed(u32),
+}
+
+impl Cutter {
+    /// The longest chunk; a cut needs this many bytes ahead unless the input ends.
+    pub fn max_size(&self) -> usize {
+        match self {
+            Cutter::FastCdc(p) => p.max_size as usize,
+            Cutter::Fixed(n) => *n as usize,
+        }
+    }
+
+    /// Files below this size are packed into a shared stream rather than chunked alone.
+    pub fn small_file_limit(&self) -> u64 {
+        match self {
+            Cutter::FastCdc(p) => u64::from(p.avg_size),
+            Cutter::Fixed(n) => u64::from(*n),
+        }
+    }
+
+    /// Length of the first chunk of `data` (see `ChunkerParams::first_cut`).
+    pub fn first_cut(&self, data: &[u8]) -> usize {
+        match self {
+            Cutter::FastCdc(p) => p.first_cut(data),
+            Cutter::Fixed(n) => data.len().min(*n as usize),
+        }
+    }
+
+    /// Streams chunks of `source` without reading it whole, copying each byte once.
+    /// `size_hint` (the expected length) keeps the window small for small inputs.
+    pub fn chunks<R: Read>(&self, source: R, size_hint: u64) -> Chunks<R> {
+        let window = (2 * self.max_size() as u64).min(size_hint + 1) as usize;
+        Chunks {
+            cutter: *self,
+            source,
+            buf: vec![0; window.max(1)],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+}
+
 /// Chunks of a reader. Keeps a window of twice the maximum chunk size, so each cut sees the
 /// `max_size` bytes it needs; unlike `StreamCDC` it does not shift the window per chunk.
 pub struct Chunks<R> {
-    params: ChunkerParams,
+    cutter: Cutter,
     source: R,
     buf: Vec<u8>,
     start: usize,
@@ -122,7 +158,7 @@ impl<R: Read> Chunks<R> {
         loop {
             if self.end == self.buf.len() {
                 // Longer than the hint said: grow to the full window a cut needs.
-                let full = 2 * self.params.max_size as usize;
+                let full = 2 * self.cutter.max_size();
                 if self.buf.len() >= full {
                     break;
                 }
@@ -146,7 +182,7 @@ impl<R: Read> Iterator for Chunks<R> {
     type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let max = self.params.max_size as usize;
+        let max = self.cutter.max_size();
         if self.end - self.start < max
             && !self.eof
             && let Err(e) = self.fill()
@@ -157,10 +193,70 @@ impl<R: Read> Iterator for Chunks<R> {
             return None;
         }
         let window = &self.buf[self.start..self.end.min(self.start + max)];
-        let n = self.params.first_cut(window);
+        let n = self.cutter.first_cut(window);
         let chunk = window[..n].to_vec();
         self.start += n;
         Some(Ok(chunk))
+    }
+}
+
+/// Concatenates small inputs into one stream and cuts it with a `Cutter`, so many small
+/// files make a few chunks; each input is then a list of slices of those chunks.
+pub struct StreamPacker {
+    cutter: Cutter,
+    algo: HashAlgo,
+    /// Stream bytes not yet cut; `base` is the stream offset of `buf[0]`.
+    buf: Vec<u8>,
+    base: u64,
+    /// Every chunk cut so far: (stream offset, length, id).
+    cuts: Vec<(u64, u32, ChunkId)>,
+}
+
+impl StreamPacker {
+    pub fn new(cutter: Cutter, algo: HashAlgo) -> Self {
+        StreamPacker { cutter, algo, buf: Vec::new(), base: 0, cuts: Vec::new() }
+    }
+
+    /// Appends `data` and returns its stream range.
+    pub fn push(&mut self, data: &[u8]) -> (u64, u64) {
+        let start = self.base + self.buf.len() as u64;
+        self.buf.extend_from_slice(data);
+        (start, start + data.len() as u64)
+    }
+
+    /// Cuts the next chunk if its boundary is final (or if `finish`, whatever is left).
+    /// Cuts are the same as one `Chunks` pass over the whole stream.
+    pub fn cut(&mut self, finish: bool) -> Option<(ChunkId, Vec<u8>)> {
+        let max = self.cutter.max_size();
+        if self.buf.is_empty() || (self.buf.len() < max && !finish) {
+            return None;
+        }
+        let n = self.cutter.first_cut(&self.buf[..self.buf.len().min(max)]);
+        let data: Vec<u8> = self.buf.drain(..n).collect();
+        let id = self.algo.hash(&data);
+        self.cuts.push((self.base, n as u32, id));
+        self.base += n as u64;
+        Some((id, data))
+    }
+
+    /// Everything before this stream offset is in cut chunks.
+    pub fn cut_through(&self) -> u64 {
+        self.base
+    }
+
+    /// The slices covering a range that is already cut.
+    pub fn slices(&self, start: u64, end: u64) -> Vec<Slice> {
+        let first = self.cuts.partition_point(|&(off, len, _)| off + u64::from(len) <= start);
+        let mut out = Vec::new();
+        for &(off, len, id) in &self.cuts[first..] {
+            if off >= end {
+                break;
+            }
+            let from = start.max(off) - off;
+            let to = end.min(off + u64::from(len)) - off;
+            out.push(Slice(id, from as u32, (to - from) as u32));
+        }
+        out
     }
 }
 
@@ -228,10 +324,51 @@ mod tests {
             let p = params();
             let theirs: Vec<Vec<u8>> = p.stream(&data[..]).map(|c| c.unwrap().data).collect();
             for hint in [0, data.len() as u64 / 3, data.len() as u64, u64::MAX / 4] {
-                let ours: Vec<Vec<u8>> = p.chunks(&data[..], hint).map(|c| c.unwrap()).collect();
+                let ours: Vec<Vec<u8>> = Cutter::FastCdc(p).chunks(&data[..], hint).map(|c| c.unwrap()).collect();
                 prop_assert_eq!(&ours, &theirs);
             }
         }
+    }
+
+    #[test]
+    fn packed_stream_cuts_like_one_pass_and_slices_cover_inputs() {
+        let p = params();
+        let cutter = Cutter::FastCdc(p);
+        let files: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 100 + 37 * i as usize]).collect();
+        let mut packer = StreamPacker::new(cutter, HashAlgo::Blake3);
+        let mut chunks = Vec::new();
+        let ranges: Vec<_> = files
+            .iter()
+            .map(|f| {
+                let r = packer.push(f);
+                while let Some(c) = packer.cut(false) {
+                    chunks.push(c);
+                }
+                r
+            })
+            .collect();
+        while let Some(c) = packer.cut(true) {
+            chunks.push(c);
+        }
+        let whole: Vec<u8> = files.concat();
+        let one_pass: Vec<Vec<u8>> = cutter.chunks(&whole[..], 0).map(|c| c.unwrap()).collect();
+        assert_eq!(chunks.iter().map(|c| c.1.clone()).collect::<Vec<_>>(), one_pass);
+        let by_id: std::collections::HashMap<_, _> = chunks.into_iter().collect();
+        for ((start, end), file) in ranges.into_iter().zip(&files) {
+            let bytes: Vec<u8> = packer
+                .slices(start, end)
+                .iter()
+                .flat_map(|s| by_id[s.id()][s.offset()..s.offset() + s.len()].to_vec())
+                .collect();
+            assert_eq!(&bytes, file);
+        }
+    }
+
+    #[test]
+    fn fixed_cutter_cuts_at_fixed_offsets() {
+        let data = vec![7u8; 10_000];
+        let lens: Vec<usize> = Cutter::Fixed(4096).chunks(&data[..], 0).map(|c| c.unwrap().len()).collect();
+        assert_eq!(lens, vec![4096, 4096, 1808]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::chunker::ChunkerParams;
+use crate::chunker::{ChunkerParams, Cutter};
 use crate::config::{CONFIG_FILE, Config};
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::{ChunkId, HashAlgo};
@@ -66,6 +66,10 @@ impl Repository {
     }
     pub fn index(&self) -> &Arc<dyn Index> {
         &self.index
+    }
+
+    pub fn cutter(&self) -> Cutter {
+        Cutter::FastCdc(self.config.chunker)
     }
 
     pub fn hash(&self, data: &[u8]) -> ChunkId {
