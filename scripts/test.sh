@@ -4,4 +4,4 @@
 # and the tools `.ci/run` installs. Extra arguments go to cargo, e.g. `scripts/test.sh fixture`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"
