@@ -207,7 +207,7 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions, li
         match replace_with(&dest, opts.overwrite, || make_special(&dest, &item.node)) {
             Ok(()) => {
                 report.others += 1;
-                for e in set_metadata(&dest, &item.node, root) {
+                for e in set_metadata(Target::Path(&dest), &item.node, root) {
                     fail(&dest, &e);
                 }
             }
@@ -216,7 +216,7 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions, li
     }
     for item in items.iter().rev().filter(|i| i.node.kind == NodeType::Dir) {
         let dest = target.join(&item.rel);
-        for e in set_metadata(&dest, &item.node, root) {
+        for e in set_metadata(Target::Path(&dest), &item.node, root) {
             fail(&dest, &e);
         }
     }
@@ -294,19 +294,22 @@ impl OutFile {
             let _ = fs::remove_file(&self.tmp);
             return;
         }
-        let opened = match handle {
+        let file = match handle {
             Handle::Open(f) => Ok(f),
             _ => self.open(),
         };
-        if let Err(e) = opened {
-            self.failed.store(true, Relaxed);
-            fail(&self.dest, &format!("not restored: {e}"));
-            return;
-        }
-        drop(opened);
-        for e in set_metadata(&self.tmp, &items[self.item].node, root) {
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                self.failed.store(true, Relaxed);
+                fail(&self.dest, &format!("not restored: {e}"));
+                return;
+            }
+        };
+        for e in set_metadata(Target::File(&file), &items[self.item].node, root) {
             fail(&self.dest, &e);
         }
+        drop(file);
         if let Err(e) = fs::rename(&self.tmp, &self.dest) {
             self.failed.store(true, Relaxed);
             let _ = fs::remove_file(&self.tmp);
@@ -384,30 +387,64 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Owner (as root), mode, xattrs, then times (last, since the others touch ctime only).
+/// What metadata calls act on: an open file (fewer path lookups), or a path that is not
+/// followed if it is a symlink.
+enum Target<'a> {
+    File(&'a File),
+    Path(&'a Path),
+}
+
+/// Owner (as root), xattrs, mode, then times (last, since the others touch ctime only).
 /// Returns what could not be set.
-fn set_metadata(path: &Path, node: &Node, root: bool) -> Vec<String> {
+fn set_metadata(target: Target, node: &Node, root: bool) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    use xattr::FileExt as _;
     let mut errors = Vec::new();
-    let Ok(c) = cpath(path) else {
-        return vec!["path contains NUL".into()];
+    let c = match &target {
+        Target::Path(p) => match cpath(p) {
+            Ok(c) => Some(c),
+            Err(_) => return vec!["path contains NUL".into()],
+        },
+        Target::File(_) => None,
+    };
+    let call = |r: libc::c_int, what: &str, errors: &mut Vec<String>| {
+        if r != 0 {
+            errors.push(format!("{what}: {}", io::Error::last_os_error()));
+        }
     };
     let symlink = node.kind == NodeType::Symlink;
-    if root && unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) } != 0 {
-        errors.push(format!("chown: {}", io::Error::last_os_error()));
+    if root {
+        let r = match (&target, &c) {
+            (Target::File(f), _) => unsafe { libc::fchown(f.as_raw_fd(), node.uid, node.gid) },
+            (_, Some(c)) => unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) },
+            _ => unreachable!("paths have a C string"),
+        };
+        call(r, "chown", &mut errors);
     }
     for x in &node.xattrs {
         let user = x.name.0.starts_with(b"user.");
         if !root && !user {
             continue; // other namespaces need privileges a non-root restore does not have
         }
-        if let Err(e) = xattr::set(path, x.name.as_os_str(), &x.value.0)
+        let set = match &target {
+            Target::File(f) => f.set_xattr(x.name.as_os_str(), &x.value.0),
+            Target::Path(p) => xattr::set(p, x.name.as_os_str(), &x.value.0),
+        };
+        // Linux allows no user.* xattrs on symlinks; such a node cannot come from Linux.
+        if let Err(e) = set
             && !(symlink && user)
         {
             errors.push(format!("xattr {}: {e}", x.name.lossy()));
         }
     }
-    if !symlink && unsafe { libc::chmod(c.as_ptr(), node.mode as libc::mode_t) } != 0 {
-        errors.push(format!("chmod: {}", io::Error::last_os_error()));
+    if !symlink {
+        let mode = node.mode as libc::mode_t;
+        let r = match (&target, &c) {
+            (Target::File(f), _) => unsafe { libc::fchmod(f.as_raw_fd(), mode) },
+            (_, Some(c)) => unsafe { libc::chmod(c.as_ptr(), mode) },
+            _ => unreachable!("paths have a C string"),
+        };
+        call(r, "chmod", &mut errors);
     }
     let times = [
         libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
@@ -416,8 +453,11 @@ fn set_metadata(path: &Path, node: &Node, root: bool) -> Vec<String> {
             tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
         },
     ];
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        errors.push(format!("set mtime: {}", io::Error::last_os_error()));
-    }
+    let r = match (&target, &c) {
+        (Target::File(f), _) => unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) },
+        (_, Some(c)) => unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) },
+        _ => unreachable!("paths have a C string"),
+    };
+    call(r, "set mtime", &mut errors);
     errors
 }
