@@ -1,6 +1,7 @@
 //! Tessera: a deduplicating backup library. One module per stage of the data path:
 //! walk -> chunker -> fingerprint -> index (dedup) -> store, then manifest; restore reads back.
 
+pub mod analyze;
 pub mod backup;
 pub mod check;
 pub mod chunker;

@@ -13,6 +13,8 @@ use tessera::chunker::{ChunkerParams, parse_size};
 use tessera::fingerprint::HashAlgo;
 use tessera::manifest::{Node, NodeType, RawBytes, Snapshot};
 use tessera::restore::{RestoreLive, RestoreOptions};
+use tessera::analyze::{self, AnalyzeLive, AnalyzeOptions};
+use tessera::config::DEFAULT_SHARDS;
 use tessera::{Repository, check, restore, stats};
 
 /// Deduplicating backups: content-defined chunks, stored once, restored anywhere.
@@ -111,6 +113,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Estimate dedup, stored bytes, objects and index size for chunker configurations,
+    /// as a backup into a fresh repository would get them; writes no repository.
+    Analyze {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Each path is a successive version: report what each backup would add.
+        #[arg(long)]
+        as_versions: bool,
+        /// fastcdc:AVG[,AVG...] (min = avg/4, max = 4·avg), fastcdc:MIN/AVG/MAX or
+        /// fixed:SIZE[,SIZE...]; repeatable [default: fastcdc:256KiB,1MiB,4MiB].
+        #[arg(long = "chunker", value_name = "SPEC")]
+        chunkers: Vec<String>,
+        #[arg(long, default_value = "blake3")]
+        hash: HashAlgo,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+        /// Also write an SVG plot to FILE.
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
+    },
     /// Rebuild derived data from the chunk store.
     Repair {
         #[command(subcommand)]
@@ -129,6 +153,9 @@ enum RepairWhat {
 const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of our output goes away
+    // (`tessera ls latest | head`) instead of reporting a broken pipe.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -224,12 +251,20 @@ fn run(cli: Cli) -> Result<u8> {
                 println!("snapshots:          {}", s.snapshots);
                 println!("logical bytes:      {} ({})", s.logical_bytes, progress::bytes(s.logical_bytes));
                 println!("unique bytes:       {} ({}) in {} chunks", s.unique_bytes, progress::bytes(s.unique_bytes), s.unique_chunks);
+                println!("  file data:        {} ({}) in {} chunks", s.data_bytes, progress::bytes(s.data_bytes), s.data_chunks);
+                println!("  trees:            {} ({}) in {} chunks", s.tree_bytes, progress::bytes(s.tree_bytes), s.tree_chunks);
+                let c = &s.chunk_sizes;
+                println!("data chunk sizes:   mean {}, median {}, p99 {}", progress::bytes(c.mean as u64), progress::bytes(c.median), progress::bytes(c.p99));
                 println!("stored bytes:       {} ({}) in {} objects", s.stored_bytes, progress::bytes(s.stored_bytes), s.objects);
+                println!("index on disk:      {} shards, {} Bloom filter", progress::bytes(s.index_bytes), progress::bytes(s.bloom_bytes));
                 println!("dedup ratio:        {:.2}x", s.dedup_ratio);
                 println!("compression ratio:  {:.2}x", s.compression_ratio);
                 println!("total ratio:        {:.2}x", s.total_ratio);
             }
             Ok(0)
+        }
+        Command::Analyze { paths, as_versions, chunkers, hash, json, csv, plot } => {
+            cmd_analyze(AnalyzeOptions { paths, chunkers: Vec::new(), hash, as_versions, index_shards: DEFAULT_SHARDS }, &chunkers, json, csv, plot, show_progress)
         }
         Command::Repair { what: RepairWhat::Index } => {
             let (chunks, files) = check::rebuild_index(&open()?)?;
@@ -267,6 +302,31 @@ fn cmd_backup(repo: &Repository, opts: &BackupOptions, show_progress: bool, json
         return Ok(EXIT_PARTIAL);
     }
     Ok(0)
+}
+
+fn cmd_analyze(mut opts: AnalyzeOptions, specs: &[String], json: bool, csv: bool, plot: Option<PathBuf>, show_progress: bool) -> Result<u8> {
+    for spec in specs {
+        opts.chunkers.extend(analyze::parse_chunkers(spec)?);
+    }
+    if specs.is_empty() {
+        opts.chunkers = analyze::default_chunkers();
+    }
+    let live = AnalyzeLive::default();
+    let report = progress::with_analyze_bar(show_progress, &opts, &live, || analyze::analyze(&opts, &live))?;
+    for w in &report.warnings {
+        eprintln!("warning: {}: {}", w.path, w.error);
+    }
+    if let Some(path) = &plot {
+        analyze::write_plot(&report, path)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if csv {
+        print!("{}", report.to_csv());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.warnings.is_empty() { 0 } else { EXIT_PARTIAL })
 }
 
 fn cmd_snapshots(repo: &Repository, json: bool) -> Result<u8> {

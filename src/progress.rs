@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use tessera::analyze::{AnalyzeLive, AnalyzeOptions};
 use tessera::backup::{BackupOptions, LiveStats};
 use tessera::restore::RestoreLive;
 
@@ -90,4 +91,21 @@ pub fn with_restore_bar<T>(show: bool, live: &RestoreLive, work: impl FnOnce() -
 pub fn with_counter<T>(show: bool, what: &str, counter: &AtomicU64, work: impl FnOnce() -> T) -> T {
     let render = || (counter.load(Relaxed), 0, what.to_string());
     with_ticker(show, false, &render, work)
+}
+
+/// Bytes read over all configurations against the data size times the configurations.
+pub fn with_analyze_bar<T>(show: bool, opts: &AnalyzeOptions, live: &AnalyzeLive, work: impl FnOnce() -> T) -> T {
+    let scanned = LiveStats::default();
+    let configs = opts.chunkers.len() as u64;
+    let render = || {
+        let total = scanned.total_bytes.load(Relaxed) * configs;
+        (live.bytes.load(Relaxed), total, format!("{configs} chunker configurations"))
+    };
+    if !show {
+        return work();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| tessera::backup::scan(&opts.paths, &[], false, &scanned));
+        with_ticker(true, true, &render, work)
+    })
 }

@@ -276,14 +276,13 @@ impl OutFile {
         if matches!(*h, Handle::NotOpen) {
             *h = Handle::Open(self.open()?);
         }
-        match &*h {
-            Handle::Open(f) if data.iter().all(|&b| b == 0) => {
-                let _ = f;
-                Ok(())
-            }
-            Handle::Open(f) => f.write_all_at(data, offset),
-            _ => Err(io::Error::other("file already closed")),
+        let Handle::Open(f) = &*h else {
+            return Err(io::Error::other("file already closed"));
+        };
+        for (start, end) in data_runs(data, offset) {
+            f.write_all_at(&data[start..end], offset + start as u64)?;
         }
+        Ok(())
     }
 
     /// Closes, applies metadata and renames into place; a failed file's temp is removed.
@@ -318,6 +317,27 @@ impl OutFile {
         }
         live.files.fetch_add(1, Relaxed);
     }
+}
+
+/// Filesystem blocks that are all zero are left as holes (the file was sized up front), so
+/// sparse files stay sparse. Returns the byte ranges of `data` to write, with block
+/// boundaries aligned to the file offset `offset`.
+fn data_runs(data: &[u8], offset: u64) -> Vec<(usize, usize)> {
+    const BLOCK: u64 = 4096;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0usize;
+    while start < data.len() {
+        let to_boundary = (BLOCK - (offset + start as u64) % BLOCK) as usize;
+        let end = (start + to_boundary).min(data.len());
+        if data[start..end].iter().any(|&b| b != 0) {
+            match runs.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => runs.push((start, end)),
+            }
+        }
+        start = end;
+    }
+    runs
 }
 
 fn check_conflicts(target: &Path, items: &[Item], overwrite: bool) -> Result<()> {
@@ -357,6 +377,23 @@ fn replace_with(dest: &Path, overwrite: bool, create: impl Fn() -> io::Result<()
         fs::remove_file(dest)?;
     }
     create()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_runs;
+
+    #[test]
+    fn zero_blocks_are_skipped_and_data_blocks_merged() {
+        let mut data = vec![0u8; 5 * 4096];
+        data[10] = 1;
+        data[4096 * 2 + 5] = 1;
+        data[4096 * 3] = 1;
+        assert_eq!(data_runs(&data, 0), vec![(0, 4096), (8192, 16384)]);
+        // Unaligned start: the first block ends at the next file-offset boundary.
+        assert_eq!(data_runs(&data[..100], 4000), vec![(0, 96)]);
+        assert!(data_runs(&[0u8; 10_000], 123).is_empty());
+    }
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {

@@ -100,15 +100,6 @@ fn fixture_copy() -> (tempfile::TempDir, PathBuf) {
     (dir, repo)
 }
 
-/// Adds the empty directories `tessera init` makes and git drops (objects/00..ff, objects/tmp).
-/// `LocalStore::list` (used by check, stats and repair) fails on a missing fan-out directory.
-fn add_empty_dirs(repo: &Path) {
-    for i in 0..=255u8 {
-        fs::create_dir_all(repo.join("objects").join(format!("{i:02x}"))).unwrap();
-    }
-    fs::create_dir_all(repo.join("objects/tmp")).unwrap();
-}
-
 /// The tree at `path` (names from the root) of a snapshot.
 fn tree_at(repo: &Repository, root: &ChunkId, path: &[&[u8]]) -> (ChunkId, Tree) {
     let mut id = *root;
@@ -414,7 +405,6 @@ fn restore_reproduces_the_fixture_files() {
 #[test]
 fn check_and_index_rebuild_on_the_fixture() {
     let (_dir, root) = fixture_copy();
-    add_empty_dirs(&root);
     let repo = Repository::open(&root).unwrap();
     let report = tessera::check::check(&repo, true, &Default::default()).unwrap();
     assert!(report.is_ok(), "{report:?}");

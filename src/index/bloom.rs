@@ -13,6 +13,8 @@ const FORMAT: u8 = 1;
 const HEADER: usize = 32;
 const FP_RATE: f64 = 0.01;
 const MIN_CAPACITY: u64 = 1 << 20;
+/// The `bloomfilter` crate's bitmap header: version u8, length u64, k u32, seed [u8; 32].
+const CRATE_HEADER: u64 = 1 + 8 + 4 + 32;
 /// Fixed so that every client and server builds identical filters from the same ids.
 const SEED: [u8; 32] = *b"tessera bloom filter seed v1 ...";
 
@@ -36,6 +38,15 @@ impl BloomFilter {
             bloom: Bloom::new_with_seed(bytes, capacity as usize, &SEED)
                 .expect("non-zero bloom size"),
         }
+    }
+
+    /// Bytes of the serialized filter a repository holding `ids` ids would keep: capacity
+    /// is twice the ids (at least 2^20) rounded up to a power of two, as the index sizes it.
+    pub fn serialized_len(ids: u64) -> u64 {
+        let capacity = ids.saturating_mul(2).max(MIN_CAPACITY).next_power_of_two();
+        let bits = Bloom::<[u8]>::compute_bitmap_size(capacity as usize, FP_RATE) as u64;
+        // Our header, then the crate's own bitmap header (version, length, k, seed).
+        HEADER as u64 + CRATE_HEADER + bits
     }
 
     pub fn insert(&mut self, id: &ChunkId) {
@@ -98,6 +109,14 @@ mod tests {
             .filter(|i| g.may_contain(&HashAlgo::Blake3.hash(&i.to_le_bytes())))
             .count();
         assert!(absent < 200, "false positives: {absent} of 10000");
+    }
+
+    #[test]
+    fn serialized_len_matches_a_real_filter() {
+        for ids in [0u64, 1000, 600_000, 700_000] {
+            let f = BloomFilter::with_capacity(ids * 2);
+            assert_eq!(BloomFilter::serialized_len(ids), f.to_bytes().len() as u64, "{ids} ids");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::index::{BloomFilter, FileEntry, Index, IndexEntry, by_shard};
 use crate::manifest::Slice;
 
 const BLOOM_FILE: &str = "bloom";
+/// Shard schema version, kept in SQLite's `user_version`.
+const SHARD_VERSION: i64 = 1;
 
 pub struct LocalIndex {
     dir: PathBuf,
@@ -118,6 +120,17 @@ fn open_shard(path: &Path) -> Result<Connection> {
     }
 }
 
+/// The shard's schema version; an error if it is newer than this tessera knows.
+fn check_version(conn: &Connection, path: &Path) -> Result<i64> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| Error::Index { path: path.to_path_buf(), source })?;
+    if found > SHARD_VERSION {
+        return Err(Error::NewerFormat { path: path.to_path_buf(), found: found as u32, supported: SHARD_VERSION as u32 });
+    }
+    Ok(found)
+}
+
 fn open_shard_read_only(path: &Path) -> Result<Connection> {
     let err = |source| Error::Index {
         path: path.to_path_buf(),
@@ -126,6 +139,7 @@ fn open_shard_read_only(path: &Path) -> Result<Connection> {
     let uri = format!("file:{}?immutable=1", path.display());
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(uri, flags).map_err(err)?;
+    check_version(&conn, path)?;
     conn.query_row("SELECT count(*) FROM chunks", [], |_| Ok(())).map_err(err)?;
     Ok(conn)
 }
@@ -143,6 +157,9 @@ fn open_shard_writable(path: &Path) -> Result<Connection> {
     // Lookups are point queries spread over many shards: a small page cache per shard keeps
     // memory flat (SQLite's default is 2 MiB per connection).
     conn.pragma_update(None, "cache_size", -256).map_err(err)?;
+    if check_version(&conn, path)? == 0 {
+        conn.pragma_update(None, "user_version", SHARD_VERSION).map_err(err)?;
+    }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS chunks (
             id BLOB PRIMARY KEY,
@@ -366,6 +383,10 @@ mod tests {
         assert_eq!(idx.lookup_files(&[ids[0], ids[3]]).unwrap(), vec![Some(file.content.clone()), None]);
 
         idx.rebuild(&entries[50..], &[]).unwrap();
+        {
+            let (conn, _) = idx.shard(0).unwrap();
+            assert_eq!(conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), SHARD_VERSION);
+        }
         assert_eq!(idx.lookup_files(&[ids[0]]).unwrap(), vec![None]);
         let found = idx.lookup(&ids).unwrap();
         assert!(found[..50].iter().all(|&f| !f));
@@ -373,5 +394,19 @@ mod tests {
         let mut n = 0;
         idx.entries(&mut |_| n += 1).unwrap();
         assert_eq!(n, 50);
+    }
+
+    #[test]
+    fn newer_shard_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = LocalIndex::open(dir.path(), 1).unwrap();
+        idx.register(&[entry(1)]).unwrap();
+        drop(idx);
+        let conn = Connection::open(shard_path(dir.path(), 0)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let idx = LocalIndex::open(dir.path(), 1).unwrap();
+        let err = idx.lookup(&[entry(1).id]).unwrap_err().to_string();
+        assert!(err.contains("version 99") && err.contains("shard-0000"), "{err}");
     }
 }

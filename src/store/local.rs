@@ -42,6 +42,18 @@ impl LocalStore {
     }
 }
 
+/// Renames into place, recreating a missing fan-out directory.
+fn rename_into(tmp: &Path, dest: &Path) -> Result<()> {
+    match fs::rename(tmp, dest) {
+        Err(e) if e.kind() == ErrorKind::NotFound && tmp.exists() => {
+            let dir = dest.parent().expect("objects live in a fan-out directory");
+            fs::create_dir_all(dir).at(dir)?;
+            fs::rename(tmp, dest).at(dest)
+        }
+        other => other.at(dest),
+    }
+}
+
 impl ChunkStore for LocalStore {
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
         // Unique temp name per process and put, so concurrent writers never share a file.
@@ -49,6 +61,9 @@ impl ChunkStore for LocalStore {
         let tmp = self
             .tmp
             .join(format!("{}.{}.{seq}", id.to_hex(), std::process::id()));
+        if !self.tmp.is_dir() {
+            fs::create_dir_all(&self.tmp).at(&self.tmp)?;
+        }
         let written = File::create(&tmp).and_then(|mut f| {
             f.write_all(object)?;
             // Start writeback now so the disk works while we compute; `sync` then has little
@@ -58,7 +73,7 @@ impl ChunkStore for LocalStore {
         });
         // Rename replaces atomically; a replaced object had the same plaintext or was damaged.
         let dest = self.path(id);
-        let result = written.at(&tmp).and_then(|()| fs::rename(&tmp, &dest).at(&dest));
+        let result = written.at(&tmp).and_then(|()| rename_into(&tmp, &dest));
         if result.is_err() {
             // A partial temp file must not hold on to the space that just ran out.
             let _ = fs::remove_file(&tmp);
@@ -86,7 +101,13 @@ impl ChunkStore for LocalStore {
     fn list(&self, visit: &mut dyn FnMut(ChunkId, u64) -> Result<()>) -> Result<()> {
         for i in 0..=255u8 {
             let dir = self.root.join(hex::encode([i]));
-            for entry in fs::read_dir(&dir).at(&dir)? {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                // A fan-out directory that was never needed (or not kept by a copy) is empty.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).at(&dir),
+            };
+            for entry in entries {
                 let entry = entry.at(&dir)?;
                 let name = entry.file_name();
                 let Some(id) = name.to_str().and_then(|n| ChunkId::from_hex(n).ok()) else {
