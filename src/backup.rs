@@ -33,6 +33,9 @@ const WORKERS: usize = 2;
 const CHUNK_QUEUE: usize = 4;
 const FILE_QUEUE: usize = 256;
 const WORKER_BATCH: usize = 4;
+/// Directories whose serialized entries (inline subdirectories included) are smaller than
+/// this are stored inline in their parent's tree rather than as a tree chunk of their own.
+const INLINE_TREE_BYTES: usize = 32 << 10;
 /// Small files read, hashed and looked up in the index together: at most this many files
 /// and about this many bytes.
 const PACK_BATCH: usize = 64;
@@ -395,6 +398,17 @@ impl Sink<'_> {
         self.failure.lock().expect("poisoned").get_or_insert(e);
     }
 
+    /// A small directory's entries go inline into its parent's tree; a larger one's into a
+    /// tree chunk of its own. The choice depends only on the entries, so it is deterministic.
+    fn place_tree(&self, dir: &mut Node, tree: Tree) -> Result<()> {
+        if tree.to_bytes().len() < INLINE_TREE_BYTES {
+            dir.entries = Some(tree.nodes);
+        } else {
+            dir.subtree = Some(self.store_tree(&tree)?);
+        }
+        Ok(())
+    }
+
     /// Trees go through the same dedup and store path as file chunks.
     fn store_tree(&self, tree: &Tree) -> Result<ChunkId> {
         let bytes = tree.to_bytes();
@@ -619,18 +633,20 @@ fn build_trees(sink: &Sink, rx: Receiver<DirRecord>, counts: &Mutex<Summary>) ->
             t.others += c.others;
             t.total_bytes += c.total_bytes;
         }
-        match sink.store_tree(&Tree::new(nodes)) {
-            Ok(id) => {
-                rec.node.subtree = Some(id);
-                done.push(rec.node);
-            }
+        match sink.place_tree(&mut rec.node, Tree::new(nodes)) {
+            Ok(()) => done.push(rec.node),
             Err(e) => failed = Some(e),
         }
     }
     if let Some(e) = failed {
         return Err(e);
     }
-    done.pop().ok_or_else(|| crate::error::invalid("backup", "walk produced no root"))
+    let mut root = done.pop().ok_or_else(|| crate::error::invalid("backup", "walk produced no root"))?;
+    // The snapshot names its root by id, so the root tree is always a chunk of its own.
+    if let Some(nodes) = root.entries.take() {
+        root.subtree = Some(sink.store_tree(&Tree::new(nodes))?);
+    }
+    Ok(root)
 }
 
 /// Which source paths lie below a directory: the walk only enters those.
@@ -733,10 +749,10 @@ impl Walker<'_> {
                         Some(_) => Some(meta.dev()),
                         None => dev,
                     };
-                    let old_tree = match old.and_then(|o| o.subtree) {
-                        Some(id) => self.repo.load_tree(&id).ok(),
-                        None => None,
-                    };
+                    let old_tree = old
+                        .and_then(|o| o.clone().take_subtree())
+                        .and_then(|s| self.repo.open_subtree(s).ok())
+                        .map(Tree::new);
                     self.walk_dir(&child, node.clone(), old_tree, below, sub_dev)?;
                     entries.push(Entry::Subdir);
                 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fingerprint::ChunkId;
 use crate::index::{FileEntry, IndexEntry};
-use crate::manifest::{NodeType, Slice};
+use crate::manifest::{NodeType, Slice, Subtree};
 use crate::repo::Repository;
 use crate::store::object;
 
@@ -104,17 +104,19 @@ fn walk_snapshot(
     problems: &mut Vec<String>,
     on_file: &mut dyn FnMut(&ChunkId, &str),
 ) {
-    let mut stack = vec![(*root, PathBuf::from("/"))];
-    while let Some((id, path)) = stack.pop() {
-        let tree = match repo.load_tree(&id) {
-            Ok(t) => t,
+    let mut stack = vec![(Subtree::Chunk(*root), PathBuf::from("/"))];
+    while let Some((subtree, path)) = stack.pop() {
+        if let Subtree::Chunk(id) = &subtree {
+            walked.trees.insert(*id);
+        }
+        let nodes = match repo.open_subtree(subtree) {
+            Ok(nodes) => nodes,
             Err(e) => {
                 problems.push(format!("snapshot {}: directory {}: {e}", &sid[..12], path.display()));
                 continue;
             }
         };
-        walked.trees.insert(id);
-        for node in tree.nodes {
+        for mut node in nodes {
             let p = path.join(node.name.as_os_str());
             if node.kind == NodeType::File {
                 for s in &node.content {
@@ -125,7 +127,7 @@ fn walk_snapshot(
                     }
                 }
             }
-            if let Some(sub) = node.subtree {
+            if let Some(sub) = node.take_subtree() {
                 stack.push((sub, p));
             }
         }
@@ -193,15 +195,17 @@ fn small_files(repo: &Repository, stored: &HashSet<ChunkId>) -> Result<Vec<FileE
     let mut files: HashMap<ChunkId, Vec<Slice>> = HashMap::new();
     let mut seen_trees = HashSet::new();
     for (_, snap) in repo.snapshots()? {
-        let mut stack = vec![snap.tree];
-        while let Some(id) = stack.pop() {
-            if !seen_trees.insert(id) {
+        let mut stack = vec![Subtree::Chunk(snap.tree)];
+        while let Some(subtree) = stack.pop() {
+            if let Subtree::Chunk(id) = &subtree
+                && !seen_trees.insert(*id)
+            {
                 continue;
             }
             // A damaged tree is check's to report; its files simply stay unindexed.
-            let Ok(tree) = repo.load_tree(&id) else { continue };
-            for node in tree.nodes {
-                stack.extend(node.subtree);
+            let Ok(nodes) = repo.open_subtree(subtree) else { continue };
+            for mut node in nodes {
+                stack.extend(node.take_subtree());
                 if let Some(hash) = node.hash
                     && node.content.iter().all(|s| stored.contains(s.id()))
                 {

@@ -9,7 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 use crate::fingerprint::ChunkId;
 
-pub const TREE_VERSION: u32 = 1;
+/// Version 2 added inline `entries` for small directories; version 1 trees are still read.
+pub const TREE_VERSION: u32 = 2;
 pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// Bytes that are usually text (file names, link targets, xattrs): a JSON string when they
@@ -119,8 +120,13 @@ pub struct Node {
     pub links: Option<(u64, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content: Vec<Slice>,
+    /// A directory's entries: in a tree chunk of their own (`subtree`), or, for a small
+    /// directory, inline in its parent (`entries`), so deep trees of small directories do not
+    /// make one object per directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtree: Option<ChunkId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<Node>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RawBytes>,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -160,20 +166,47 @@ impl Tree {
         if tree.version > TREE_VERSION {
             return Err(bad(format!("tree format version {} is newer than this tessera's {TREE_VERSION}", tree.version)));
         }
-        for (i, node) in tree.nodes.iter().enumerate() {
-            check_name(id, &node.name)?;
-            if i > 0 && tree.nodes[i - 1].name >= node.name {
-                return Err(bad(format!(
-                    "entries not sorted or duplicated at {:?}",
-                    node.name.lossy()
-                )));
-            }
-            if (node.kind == NodeType::Dir) != node.subtree.is_some() {
-                return Err(bad(format!("{:?}: subtree does not match type", node.name.lossy())));
-            }
-        }
+        check_nodes(id, &tree.nodes, tree.version)?;
         Ok(tree)
     }
+}
+
+/// Where a directory's entries are.
+pub enum Subtree {
+    Chunk(ChunkId),
+    Inline(Vec<Node>),
+}
+
+impl Node {
+    /// Takes the directory's entries reference out of the node (None for non-directories).
+    pub fn take_subtree(&mut self) -> Option<Subtree> {
+        match (self.subtree.take(), self.entries.take()) {
+            (Some(id), _) => Some(Subtree::Chunk(id)),
+            (None, Some(nodes)) => Some(Subtree::Inline(nodes)),
+            (None, None) => None,
+        }
+    }
+}
+
+fn check_nodes(id: &ChunkId, nodes: &[Node], version: u32) -> Result<()> {
+    let bad = |reason: String| Error::BadTree { id: *id, reason };
+    for (i, node) in nodes.iter().enumerate() {
+        check_name(id, &node.name)?;
+        if i > 0 && nodes[i - 1].name >= node.name {
+            return Err(bad(format!("entries not sorted or duplicated at {:?}", node.name.lossy())));
+        }
+        let has = u8::from(node.subtree.is_some()) + u8::from(node.entries.is_some());
+        if (node.kind == NodeType::Dir && has != 1) || (node.kind != NodeType::Dir && has != 0) {
+            return Err(bad(format!("{:?}: subtree does not match type", node.name.lossy())));
+        }
+        if let Some(entries) = &node.entries {
+            if version < 2 {
+                return Err(bad("inline entries in a version 1 tree".into()));
+            }
+            check_nodes(id, entries, version)?;
+        }
+    }
+    Ok(())
 }
 
 fn check_name(tree: &ChunkId, name: &RawBytes) -> Result<()> {

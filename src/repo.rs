@@ -10,7 +10,7 @@ use crate::config::{CONFIG_FILE, Config};
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::{ChunkId, HashAlgo};
 use crate::index::{Index, IndexEntry, LocalIndex};
-use crate::manifest::{SNAPSHOT_VERSION, Snapshot, Tree};
+use crate::manifest::{Node, SNAPSHOT_VERSION, Snapshot, Subtree, Tree};
 use crate::store::{ChunkStore, LocalStore, object};
 
 const SNAPSHOTS: &str = "snapshots";
@@ -102,6 +102,14 @@ impl Repository {
 
     pub fn load_tree(&self, id: &ChunkId) -> Result<Tree> {
         Tree::from_bytes(id, &self.read_chunk(id)?)
+    }
+
+    /// A directory's entries, wherever they are stored.
+    pub fn open_subtree(&self, subtree: Subtree) -> Result<Vec<Node>> {
+        match subtree {
+            Subtree::Chunk(id) => Ok(self.load_tree(&id)?.nodes),
+            Subtree::Inline(nodes) => Ok(nodes),
+        }
     }
 
     /// All snapshots, oldest first.

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::ChunkId;
-use crate::manifest::{FileWarning, Node, NodeType, RawBytes, Snapshot};
+use crate::manifest::{FileWarning, Node, NodeType, RawBytes, Snapshot, Subtree};
 use crate::repo::Repository;
 
 /// Fetching is I/O as much as CPU: a few more threads than cores keeps both busy.
@@ -60,11 +60,11 @@ pub fn plan(repo: &Repository, snapshot: &Snapshot, includes: &[String]) -> Resu
     let includes: Vec<Vec<Vec<u8>>> = includes.iter().map(|i| components(i)).collect::<Result<_>>()?;
     let mut matched = vec![false; includes.len()];
     let mut items = Vec::new();
-    let mut stack = vec![(snapshot.tree, PathBuf::new(), Vec::<Vec<u8>>::new())];
-    while let Some((tree_id, rel, comps)) = stack.pop() {
-        let tree = repo.load_tree(&tree_id)?;
+    let mut stack = vec![(Subtree::Chunk(snapshot.tree), PathBuf::new(), Vec::<Vec<u8>>::new())];
+    while let Some((subtree, rel, comps)) = stack.pop() {
+        let nodes = repo.open_subtree(subtree)?;
         let mut subdirs = Vec::new();
-        for node in tree.nodes {
+        for mut node in nodes {
             let mut path = comps.clone();
             path.push(node.name.0.clone());
             let mut take = includes.is_empty();
@@ -80,7 +80,7 @@ pub fn plan(repo: &Repository, snapshot: &Snapshot, includes: &[String]) -> Resu
                 continue;
             }
             let rel = rel.join(node.name.as_os_str());
-            if let Some(sub) = node.subtree {
+            if let Some(sub) = node.take_subtree() {
                 subdirs.push((sub, rel.clone(), path));
             }
             items.push(Item { rel, node });

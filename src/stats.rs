@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::fingerprint::ChunkId;
+use crate::manifest::Subtree;
 use crate::repo::Repository;
 
 #[derive(Debug, Serialize)]
@@ -115,13 +116,15 @@ pub fn stats(repo: &Repository) -> Result<RepoStats> {
 /// so this costs a fraction of what `check` does; an unreadable tree is `check`'s to report.
 fn tree_ids(repo: &Repository, roots: impl Iterator<Item = ChunkId>) -> HashSet<ChunkId> {
     let mut seen = HashSet::new();
-    let mut stack: Vec<ChunkId> = roots.collect();
-    while let Some(id) = stack.pop() {
-        if !seen.insert(id) {
+    let mut stack: Vec<Subtree> = roots.map(Subtree::Chunk).collect();
+    while let Some(sub) = stack.pop() {
+        if let Subtree::Chunk(id) = &sub
+            && !seen.insert(*id)
+        {
             continue;
         }
-        if let Ok(tree) = repo.load_tree(&id) {
-            stack.extend(tree.nodes.into_iter().filter_map(|n| n.subtree));
+        if let Ok(nodes) = repo.open_subtree(sub) {
+            stack.extend(nodes.into_iter().filter_map(|mut n| n.take_subtree()));
         }
     }
     seen

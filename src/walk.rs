@@ -94,6 +94,7 @@ pub fn node_from_metadata(name: RawBytes, path: &Path, meta: &Metadata) -> io::R
         links,
         content: Vec::new(),
         subtree: None,
+        entries: None,
         target,
         rdev: if matches!(kind, NodeType::Chardev | NodeType::Blockdev) { meta.rdev() } else { 0 },
         xattrs: read_xattrs(path)?,
