@@ -1,24 +1,50 @@
 #!/usr/bin/env bash
-# Regenerates the stored format fixture tests/fixtures/repo-v1 with the real binary.
+# Generates a stored format fixture tests/fixtures/repo-vN with the real binary.
 #
 # Run this ONCE per format version, then commit the result: the point of the fixture is that
 # it is NOT regenerated, so a change to any on-disk format makes tests/format_fixture.rs fail.
 # Only a deliberate new format version (with docs/FORMAT.md updated) should add a new
 # fixture directory (repo-v2, ...) next to the old one, which must keep passing.
 #
-# Usage: scripts/make-fixture.sh [path/to/tessera] [out-dir]
+# Usage: scripts/make-fixture.sh [v1|v2] [path/to/tessera] [out-dir]
+#
+#   v2 (the default) is what the current binary writes: tree format version 2. Besides the
+#      v1 contents it holds an empty directory and `big/`, a directory with enough entries
+#      (> 32 KiB of tree) to get a tree chunk of its own, with an inline `big/nested/`; the
+#      small directories (`sub/`, `empty-dir/`, `big/nested/`) are stored inline.
+#   v1 is the original fixture. It can only be written by a tessera from before tree format
+#      version 2 (commit 0fbaa5b or older), passed as path/to/tessera; the current binary
+#      writes version 2 trees.
+#
+# It never overwrites an existing fixture directory.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${1:-}
-out=${2:-$here/tests/fixtures/repo-v1}
-if [[ -z $bin ]]; then
-    (cd "$here" && cargo build --quiet --bin tessera)
-    bin=${CARGO_TARGET_DIR:-$here/target}/debug/tessera
+version=v2
+if [[ ${1:-} == v[0-9]* ]]; then
+    version=$1
+    shift
 fi
+case $version in
+    v1 | v2) ;;
+    *)
+        echo "unknown fixture version $version (expected v1 or v2)" >&2
+        exit 2
+        ;;
+esac
+bin=${1:-}
+out=${2:-$here/tests/fixtures/repo-$version}
 if [[ -e $out ]]; then
     echo "refusing to overwrite $out: the fixture is meant to be generated once" >&2
     exit 1
+fi
+if [[ -z $bin ]]; then
+    if [[ $version == v1 ]]; then
+        echo "a v1 fixture needs a tessera from before tree format version 2: pass its path" >&2
+        exit 2
+    fi
+    (cd "$here" && cargo build --quiet --bin tessera)
+    bin=${CARGO_TARGET_DIR:-$here/target}/debug/tessera
 fi
 
 # A fixed source path: the snapshot records absolute paths, and the test asserts them.
@@ -50,6 +76,24 @@ for _ in range(1500):
 open(sys.argv[2], "wb").write(bytes(out))
 PY
 python3 -c 'import os,sys; os.setxattr(sys.argv[1], "user.comment", b"fixture")' "$data/hello.txt"
+
+if [[ $version != v1 ]]; then
+    # Tree format 2: small directories go inline into their parent's tree, large ones get a
+    # tree chunk of their own. `big/` holds 120 small files (about 37 KiB of tree), above the
+    # 32 KiB inline limit; `big/nested/` and `empty-dir/` stay inline.
+    mkdir -p "$data/empty-dir" "$data/big/nested"
+    for i in $(seq -w 0 119); do
+        printf 'big file %s\n' "$i" > "$data/big/file-$i.txt"
+    done
+    printf 'deep\n' > "$data/big/nested/deep.txt"
+    chmod 0644 "$data"/big/file-*.txt "$data/big/nested/deep.txt"
+    chmod 0700 "$data/empty-dir"
+    chmod 0755 "$data/big" "$data/big/nested"
+    export TZ=UTC
+    touch -d '2024-01-02 03:04:05.123456789' "$data"/big/file-*.txt "$data/big/nested/deep.txt"
+    touch -d '2024-01-02 03:04:06.5' "$data/big/nested"
+    touch -d '2024-01-02 03:04:06' "$data/big" "$data/empty-dir"
+fi
 
 chmod 0644 "$data/hello.txt" "$data/copy-of-hello.txt" "$data/sub/lorem.txt"
 chmod 0600 "$data/$(printf 'caf\xe9.txt')" "$data/sub/random.bin"

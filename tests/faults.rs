@@ -94,8 +94,13 @@ fn write_object(repo: &Path, payload: &[u8]) -> String {
     hex
 }
 
+/// Writes a tree chunk in the current tree format (version 2); returns its id.
 fn write_tree(repo: &Path, nodes: Vec<Value>) -> String {
-    write_object(repo, &serde_json::to_vec(&json!({"version": 1, "nodes": nodes})).unwrap())
+    write_tree_v(repo, 2, nodes)
+}
+
+fn write_tree_v(repo: &Path, version: u32, nodes: Vec<Value>) -> String {
+    write_object(repo, &serde_json::to_vec(&json!({"version": version, "nodes": nodes})).unwrap())
 }
 
 /// Writes a snapshot record by hand; its file name is the BLAKE3 of its bytes.
@@ -110,18 +115,28 @@ fn load_tree(repo: &Path, hex: &str) -> Value {
     serde_json::from_slice(&read_object(repo, hex)).unwrap()
 }
 
-/// The tree node at absolute path `abs` in a snapshot.
+/// A directory node's entries: from its own tree chunk (`subtree`) or inline (`entries`).
+fn children(repo: &Path, dir: &Value) -> Vec<Value> {
+    match (dir["subtree"].as_str(), dir["entries"].as_array()) {
+        (Some(t), None) => load_tree(repo, t)["nodes"].as_array().unwrap().clone(),
+        (None, Some(entries)) => entries.clone(),
+        _ => panic!("not a directory node with exactly one of subtree and entries: {dir}"),
+    }
+}
+
+/// The tree node at absolute path `abs` in a snapshot, following tree chunks and inline
+/// directories alike.
 fn node_at(repo: &Path, snap_id: &str, abs: &Path) -> Value {
-    let mut tree = load_snapshot(repo, snap_id)["tree"].as_str().unwrap().to_string();
+    let root = load_snapshot(repo, snap_id)["tree"].as_str().unwrap().to_string();
+    let mut nodes = load_tree(repo, &root)["nodes"].as_array().unwrap().clone();
     let comps: Vec<String> = abs.components().skip(1).map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     for (i, c) in comps.iter().enumerate() {
-        let t = load_tree(repo, &tree);
-        let node = t["nodes"].as_array().unwrap().iter().find(|n| n["name"] == c.as_str()).cloned();
+        let node = nodes.iter().find(|n| n["name"] == c.as_str()).cloned();
         let node = node.unwrap_or_else(|| panic!("{} not in snapshot {snap_id}", abs.display()));
         if i + 1 == comps.len() {
             return node;
         }
-        tree = node["subtree"].as_str().unwrap().to_string();
+        nodes = children(repo, &node);
     }
     unreachable!()
 }
@@ -130,19 +145,26 @@ fn content_chunks(node: &Value) -> Vec<String> {
     node["content"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap().to_string()).collect()
 }
 
-/// Every chunk id a snapshot references: its trees and its file chunks.
+/// Every chunk id a snapshot references: its tree chunks (including those reached through
+/// inline directories) and its file chunks. Inline directories are no chunks of their own.
 fn referenced(repo: &Path, snap_id: &str, out: &mut BTreeSet<String>) {
-    let mut stack = vec![load_snapshot(repo, snap_id)["tree"].as_str().unwrap().to_string()];
-    while let Some(t) = stack.pop() {
-        if !out.insert(t.clone()) {
-            continue;
-        }
-        for n in load_tree(repo, &t)["nodes"].as_array().unwrap() {
+    let root = load_snapshot(repo, snap_id)["tree"].as_str().unwrap().to_string();
+    let mut stack: Vec<Vec<Value>> = Vec::new();
+    if out.insert(root.clone()) {
+        stack.push(load_tree(repo, &root)["nodes"].as_array().unwrap().clone());
+    }
+    while let Some(nodes) = stack.pop() {
+        for n in nodes {
             if let Some(c) = n["content"].as_array() {
                 out.extend(c.iter().map(|s| s[0].as_str().unwrap().to_string()));
             }
-            if let Some(s) = n["subtree"].as_str() {
-                stack.push(s.to_string());
+            if let Some(s) = n["subtree"].as_str()
+                && out.insert(s.to_string())
+            {
+                stack.push(load_tree(repo, s)["nodes"].as_array().unwrap().clone());
+            }
+            if let Some(e) = n["entries"].as_array() {
+                stack.push(e.clone());
             }
         }
     }
@@ -774,6 +796,11 @@ fn damage_fixture() -> Damaged {
     write(&src.join("other.bin"), &rand_data(401, 800 << 10));
     write(&src.join("dir/also.bin"), &rand_data(402, 600 << 10));
     write(&src.join("dir/small.txt"), b"small and packed");
+    // Enough entries that `dir`'s serialized tree exceeds the inline limit (32 KiB): it gets a
+    // tree chunk of its own, while `src` and the directories above it stay inline.
+    for i in 0..200 {
+        write(&src.join(format!("dir/many-{i:03}.txt")), format!("many {i}\n").as_bytes());
+    }
     let id = env.backup(&src, &[])["snapshot"].as_str().unwrap().to_string();
     Damaged { env, src, id }
 }
@@ -841,7 +868,16 @@ fn damaged_chunk_fails_only_its_file_and_check_names_it() {
 fn damaged_tree_object_is_reported_with_its_directory() {
     let Damaged { env, src, id } = damage_fixture();
     let repo = env.repo();
-    let dir_tree = node_at(&repo, &id, &src.join("dir"))["subtree"].as_str().unwrap().to_string();
+    let dir = node_at(&repo, &id, &src.join("dir"));
+    assert!(dir.get("entries").is_none(), "a large directory is not inline");
+    let dir_tree = dir["subtree"].as_str().expect("a large directory has a tree chunk of its own").to_string();
+    // Its tree chunk is reached through inline directories: `src` is small enough to be inline.
+    let src_node = node_at(&repo, &id, &src);
+    assert!(src_node.get("subtree").is_none() && src_node["entries"].is_array(), "{src_node}");
+    let mut refs = BTreeSet::new();
+    referenced(&repo, &id, &mut refs);
+    assert!(refs.contains(&dir_tree));
+    assert_eq!(count_objects(&repo), refs.len(), "every object is referenced, the tree of `dir` included");
     let obj = object_path(&repo, &dir_tree);
     let mut bytes = fs::read(&obj).unwrap();
     let last = bytes.len() - 1;
@@ -919,6 +955,13 @@ fn dir_node(name: Value, subtree: &str) -> Value {
     n
 }
 
+/// A directory whose entries are inline in its parent's tree (tree format version 2).
+fn inline_dir_node(name: Value, entries: Vec<Value>) -> Value {
+    let mut n = node(name, "dir");
+    n["entries"] = json!(entries);
+    n
+}
+
 fn symlink_node(name: Value, target: &str) -> Value {
     let mut n = node(name, "symlink");
     n["mode"] = json!(0o777);
@@ -963,14 +1006,77 @@ fn malicious_names_never_escape_the_target() {
         ("dup: dir then symlink", vec![dir_node(json!("d"), &dup_inner), symlink_node(json!("d"), &outside_str)], "\"d\""),
         ("dup: two files", vec![evil_file(json!("f")), evil_file(json!("f"))], "\"f\""),
     ];
-    // Each case also buried one level down, below an innocent directory and next to a good file.
+    // The same attacks through inline directories (tree format version 2): as the name of an
+    // inline directory, among its entries, deep below inline directories, and nodes that are
+    // not one kind of directory or the other.
+    let evil_x = || vec![evil_file(json!("x"))];
+    let both = {
+        let mut d = dir_node(json!("d"), &inner_ok);
+        d["entries"] = json!(evil_x());
+        d
+    };
+    let file_with_entries = {
+        let mut f = evil_file(json!("f"));
+        f["entries"] = json!(evil_x());
+        f
+    };
+    let symlink_with_entries = {
+        let mut l = symlink_node(json!("l"), &outside_str);
+        l["entries"] = json!(evil_x());
+        l
+    };
+    let inline_cases: Vec<(&str, Vec<Value>, &str)> = vec![
+        ("inline dir named ..", vec![inline_dir_node(json!(".."), evil_x())], "\"..\""),
+        ("inline dir named .", vec![inline_dir_node(json!("."), evil_x())], "\".\""),
+        ("inline dir named a/b", vec![inline_dir_node(json!("a/b"), evil_x())], "a/b"),
+        ("inline dir named ../outside", vec![inline_dir_node(json!("../outside"), evil_x())], "../outside"),
+        ("inline dir named by absolute path", vec![inline_dir_node(json!(outside_str), evil_x())], &outside_str),
+        ("inline dir named hex ..", vec![inline_dir_node(json!({"hex": "2e2e"}), evil_x())], "\"..\""),
+        ("inline entry ..", vec![inline_dir_node(json!("d"), vec![evil_file(json!(".."))])], "\"..\""),
+        ("inline entry a/b", vec![inline_dir_node(json!("d"), vec![evil_file(json!("a/b"))])], "a/b"),
+        ("inline entry a/../../x", vec![inline_dir_node(json!("d"), vec![evil_file(json!("a/../../x"))])], "a/../../x"),
+        ("inline entry absolute", vec![inline_dir_node(json!("d"), vec![evil_file(json!(abs_outside))])], &abs_outside),
+        ("inline entry empty", vec![inline_dir_node(json!("d"), vec![evil_file(json!(""))])], "\"\""),
+        (
+            "inline entry .. three levels down",
+            vec![inline_dir_node(json!("a"), vec![inline_dir_node(json!("b"), vec![inline_dir_node(json!(".."), evil_x())])])],
+            "\"..\"",
+        ),
+        (
+            "inline entry below a subtree below an inline dir",
+            vec![inline_dir_node(json!("a"), vec![dir_node(json!("b"), &write_tree(&repo, vec![inline_dir_node(json!("c"), vec![evil_file(json!("../../../x"))])]))])],
+            "../../../x",
+        ),
+        ("inline dup: symlink then dir", vec![inline_dir_node(json!("d"), vec![symlink_node(json!("e"), &outside_str), inline_dir_node(json!("e"), vec![evil_file(json!("f"))])])], "\"e\""),
+        ("inline dup: dir then symlink", vec![inline_dir_node(json!("d"), vec![inline_dir_node(json!("e"), vec![evil_file(json!("f"))]), symlink_node(json!("e"), &outside_str)])], "\"e\""),
+        ("inline entries unsorted", vec![inline_dir_node(json!("d"), vec![evil_file(json!("b")), evil_file(json!("a"))])], "\"a\""),
+        ("dir with both subtree and entries", vec![both], "\"d\""),
+        ("file with entries", vec![file_with_entries], "\"f\""),
+        ("symlink with entries", vec![symlink_with_entries], "\"l\""),
+    ];
+    // Each case also buried one level down, below an innocent directory and next to a good
+    // file: the directory as a tree chunk of its own, and inline. The original cases are also
+    // tried in a version 1 tree, the format older repositories hold.
     let mut all = Vec::new();
-    for (what, nodes, shows) in cases {
+    let bury = |what: &str, nodes: &Vec<Value>, shows: &str, all: &mut Vec<(String, String, String)>| {
         all.push((format!("{what} (top)"), write_tree(&repo, nodes.clone()), shows.to_string()));
-        let bad_sub = write_tree(&repo, nodes);
+        let bad_sub = write_tree(&repo, nodes.clone());
         let top = write_tree(&repo, vec![evil_file(json!("aaa-good.txt")), dir_node(json!("inner"), &bad_sub)]);
         all.push((format!("{what} (nested)"), top, shows.to_string()));
+        let top = write_tree(&repo, vec![evil_file(json!("aaa-good.txt")), inline_dir_node(json!("inner"), nodes.clone())]);
+        all.push((format!("{what} (nested inline)"), top, shows.to_string()));
+    };
+    for (what, nodes, shows) in &cases {
+        bury(what, nodes, shows, &mut all);
+        all.push((format!("{what} (version 1 tree)"), write_tree_v(&repo, 1, nodes.clone()), shows.to_string()));
     }
+    for (what, nodes, shows) in &inline_cases {
+        bury(what, nodes, shows, &mut all);
+    }
+    // Inline entries are version 2 only: a version 1 tree holding them is refused, even with
+    // harmless names.
+    let v1_inline = write_tree_v(&repo, 1, vec![inline_dir_node(json!("d"), vec![evil_file(json!("f"))])]);
+    all.push(("inline entries in a version 1 tree".into(), v1_inline, "inline entries in a version 1 tree".into()));
     for (what, tree, shows) in all {
         let mut snap = base.clone();
         snap["tree"] = json!(tree);
@@ -1017,25 +1123,30 @@ fn restored_symlink_is_never_written_through() {
     write(&outside.join("f"), b"do not touch");
     let payload = b"EVIL";
     let chunk = write_object(&repo, payload);
-    // "d" links to a directory outside and "l" to a file outside; "d2/f" is a real file.
-    let inner = write_tree(&repo, vec![file_node(json!("f"), &chunk, payload.len())]);
-    let tree = write_tree(&repo, vec![
-        symlink_node(json!("d"), &outside.display().to_string()),
-        dir_node(json!("d2"), &inner),
-        symlink_node(json!("l"), &outside.join("f").display().to_string()),
-    ]);
-    let mut snap = base.clone();
-    snap["tree"] = json!(tree);
-    let id = write_snapshot(&repo, &snap);
-    let target = env.path("target");
-    env.restore(&id, &target, &[]);
-    assert_eq!(fs::read(outside.join("f")).unwrap(), b"do not touch");
-    assert_eq!(fs::read_link(target.join("d")).unwrap(), outside);
-    assert_eq!(fs::read(target.join("d2/f")).unwrap(), payload);
-    // Restoring again with --overwrite replaces the links themselves, not what they point at.
-    env.restore(&id, &target, &["--overwrite"]);
-    assert_eq!(fs::read(outside.join("f")).unwrap(), b"do not touch");
-    assert_eq!(tree_contents(&outside).len(), 1);
+    // "d" links to a directory outside and "l" to a file outside; "d2/f" is a real file, with
+    // "d2" as a tree chunk of its own and as an inline directory.
+    let f = file_node(json!("f"), &chunk, payload.len());
+    let inner = write_tree(&repo, vec![f.clone()]);
+    for (form, d2) in [("subtree", dir_node(json!("d2"), &inner)), ("inline", inline_dir_node(json!("d2"), vec![f]))] {
+        let tree = write_tree(&repo, vec![
+            symlink_node(json!("d"), &outside.display().to_string()),
+            d2,
+            symlink_node(json!("l"), &outside.join("f").display().to_string()),
+        ]);
+        let mut snap = base.clone();
+        snap["tree"] = json!(tree);
+        snap["tags"] = json!([form]);
+        let id = write_snapshot(&repo, &snap);
+        let target = env.path(&format!("target-{form}"));
+        env.restore(&id, &target, &[]);
+        assert_eq!(fs::read(outside.join("f")).unwrap(), b"do not touch", "{form}");
+        assert_eq!(fs::read_link(target.join("d")).unwrap(), outside, "{form}");
+        assert_eq!(fs::read(target.join("d2/f")).unwrap(), payload, "{form}");
+        // Restoring again with --overwrite replaces the links themselves, not what they point at.
+        env.restore(&id, &target, &["--overwrite"]);
+        assert_eq!(fs::read(outside.join("f")).unwrap(), b"do not touch", "{form}");
+        assert_eq!(tree_contents(&outside).len(), 1, "{form}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
-//! The stored format fixture (DESIGN.md invariant 12; docs/FORMAT.md).
+//! The stored format fixtures (DESIGN.md invariant 12; docs/FORMAT.md).
 //!
-//! `tests/fixtures/repo-v1` is a repository written once by the real `tessera` binary
-//! (`scripts/make-fixture.sh`) and committed as files. These tests open it with the library
+//! `tests/fixtures/repo-v1` (tree format version 1: one tree chunk per directory) and
+//! `tests/fixtures/repo-v2` (tree format version 2: small directories inline in their
+//! parent's tree) are repositories written once by the real `tessera` binary of their time
+//! (`scripts/make-fixture.sh`) and committed as files. These tests open them with the library
 //! and assert the exact decoded values, so any change to the config, chunk object, tree or
 //! snapshot format -- or to chunking and hashing, which would break dedup against existing
-//! repositories -- fails here. Do not regenerate the fixture to make a test pass: a new format
-//! version gets a new fixture directory next to this one, and this one must keep passing.
+//! repositories -- fails here. Do not regenerate a fixture to make a test pass: a new format
+//! version gets a new fixture directory next to these, and the old ones must keep passing
+//! (repo-v1 is the guarantee that version 1 trees are still read and restored exactly).
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -18,7 +22,7 @@ use tessera::Repository;
 use tessera::chunker::ChunkerParams;
 use tessera::config::Config;
 use tessera::fingerprint::{ChunkId, HashAlgo};
-use tessera::manifest::{Node, NodeType, RawBytes, Slice, Snapshot, Tree, Xattr};
+use tessera::manifest::{Node, NodeType, RawBytes, Slice, Snapshot, Subtree, TREE_VERSION, Tree, Xattr};
 use tessera::restore::{self, RestoreLive, RestoreOptions};
 use tessera::store::object;
 
@@ -48,8 +52,29 @@ const RANDOM: [(&str, u32); 2] = [
 const MTIME: i64 = 1_704_164_645_123_456_789;
 const NON_UTF8_NAME: &[u8] = b"caf\xe9.txt";
 
+/// The v2 fixture: the v1 contents plus `empty-dir/` and `big/` (120 small files and an inline
+/// `nested/`), written with tree format version 2. Only two tree chunks: the root (which
+/// holds `tmp/tessera-fixture/data`, `sub/` and `empty-dir/` inline) and `big/`.
+const FIXTURE_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2");
+const SNAPSHOT_V2: &str = "2c09c95fc14e71d6850d0449147211a3906199308799d3c10edecc478e4e1d88";
+const ROOT_TREE_V2: &str = "ce0beb4349e52029b827985657c1272d368b5a3a154aadc7b0a4723f6af0703b";
+const BIG_TREE_V2: &str = "64d85978b68864015a5b97a7d463b91ccf17dd7e4e94ed4d5743334d06d9f4be";
+/// The small-file stream of the v2 fixture, in walk order (big/file-000.txt ... big/nested/deep.txt,
+/// then the v1 small files): two zstd-compressed chunks.
+const PACKED_V2: [(&str, u32); 2] = [
+    ("a1f46e4cabd09fac6c7b8dc249f74881f3fa9c8b9e05f305bbd5fc4f8a2c8087", 1068),
+    ("588e64c8344b99dc624da5a568aa617b52f4d8a35709e7ed199f616e68d4086c", 532),
+];
+/// Directories whose serialized tree is smaller than this go inline (src/backup.rs).
+const INLINE_TREE_BYTES: usize = 32 << 10;
+
 fn id(hex: &str) -> ChunkId {
     ChunkId::from_hex(hex).unwrap()
+}
+
+/// Exactly what scripts/make-fixture.sh writes to big/file-NNN.txt.
+fn big_file(i: usize) -> Vec<u8> {
+    format!("big file {i:03}\n").into_bytes()
 }
 
 fn hello() -> Vec<u8> {
@@ -90,17 +115,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A private copy of the fixture, so opening it (which creates the derived index) never
+/// A private copy of the v1 fixture, so opening it (which creates the derived index) never
 /// touches the committed files. The copy is exactly what a git checkout holds: no index/, no
 /// objects/tmp, and only the fan-out directories that contain objects.
 fn fixture_copy() -> (tempfile::TempDir, PathBuf) {
+    fixture_copy_of(FIXTURE)
+}
+
+fn fixture_copy_of(fixture: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    copy_dir(Path::new(FIXTURE), &repo);
+    copy_dir(Path::new(fixture), &repo);
     (dir, repo)
 }
 
-/// The tree at `path` (names from the root) of a snapshot.
+/// The tree at `path` (names from the root) of a snapshot whose directories all have tree
+/// chunks of their own (always so in version 1 trees).
 fn tree_at(repo: &Repository, root: &ChunkId, path: &[&[u8]]) -> (ChunkId, Tree) {
     let mut id = *root;
     for name in path {
@@ -112,7 +142,38 @@ fn tree_at(repo: &Repository, root: &ChunkId, path: &[&[u8]]) -> (ChunkId, Tree)
 }
 
 fn node<'a>(tree: &'a Tree, name: &[u8]) -> &'a Node {
-    tree.nodes.iter().find(|n| n.name.0 == name).unwrap_or_else(|| panic!("{name:?} missing"))
+    entry(&tree.nodes, name)
+}
+
+fn entry<'a>(nodes: &'a [Node], name: &[u8]) -> &'a Node {
+    nodes.iter().find(|n| n.name.0 == name).unwrap_or_else(|| panic!("{name:?} missing"))
+}
+
+/// A directory's entries at `path` (names from the root tree), following tree chunks and
+/// inline directories alike, with the id of the tree chunk that holds them as its own
+/// (None for an inline directory).
+fn dir_at(repo: &Repository, root: &ChunkId, path: &[&[u8]]) -> (Option<ChunkId>, Vec<Node>) {
+    let mut at = (Some(*root), repo.load_tree(root).unwrap().nodes);
+    for name in path {
+        let mut dir = entry(&at.1, name).clone();
+        at = match dir.take_subtree().unwrap_or_else(|| panic!("{name:?} is not a directory")) {
+            Subtree::Chunk(id) => (Some(id), repo.open_subtree(Subtree::Chunk(id)).unwrap()),
+            Subtree::Inline(nodes) => (None, repo.open_subtree(Subtree::Inline(nodes)).unwrap()),
+        };
+    }
+    at
+}
+
+/// Every node below a directory's entries, by path relative to it, directories included (with
+/// their `subtree` or `entries` as stored), following tree chunks and inline entries alike.
+fn all_nodes(repo: &Repository, nodes: Vec<Node>, prefix: &Path, out: &mut BTreeMap<PathBuf, Node>) {
+    for node in nodes {
+        let path = prefix.join(node.name.as_os_str());
+        if let Some(sub) = node.clone().take_subtree() {
+            all_nodes(repo, repo.open_subtree(sub).unwrap(), &path, out);
+        }
+        out.insert(path, node);
+    }
 }
 
 /// A file's bytes, assembled from its content slices.
@@ -279,15 +340,22 @@ fn trees_decode_to_known_values() {
         assert_eq!(HashAlgo::Blake3.hash(&bytes), id(tid));
         let tree = Tree::from_bytes(&id(tid), &bytes).unwrap();
         assert_eq!(tree.version, 1);
-        assert_eq!(Tree::new(tree.nodes.clone()).to_bytes(), bytes, "tree {tid} re-serializes differently");
+        assert!(tree.nodes.iter().all(|n| n.entries.is_none()), "version 1 trees have no inline entries");
+        let v1 = Tree { version: 1, nodes: tree.nodes.clone() };
+        assert_eq!(v1.to_bytes(), bytes, "tree {tid} re-serializes differently");
+        // Today's writer stamps version 2 and otherwise writes a version 1 tree's nodes
+        // byte for byte the same.
+        let text = String::from_utf8(bytes).unwrap();
+        let v2 = text.replacen(r#"{"version":1,"#, r#"{"version":2,"#, 1);
+        assert_eq!(String::from_utf8(Tree::new(tree.nodes).to_bytes()).unwrap(), v2, "tree {tid}");
     }
 }
 
-#[test]
-fn objects_have_known_headers_and_verify() {
-    let raw_ids: Vec<&str> = [PACKED].into_iter().chain(RANDOM.iter().map(|r| r.0)).collect();
+/// Every object of a fixture: file layout, header, codec (raw exactly for `raw_ids`), and
+/// that it decodes to plaintext whose hash is its id. Returns how many there are.
+fn verify_objects(fixture: &str, raw_ids: &[&str]) -> usize {
     let mut seen = 0;
-    for fan in fs::read_dir(Path::new(FIXTURE).join("objects")).unwrap() {
+    for fan in fs::read_dir(Path::new(fixture).join("objects")).unwrap() {
         let fan = fan.unwrap();
         for obj in fs::read_dir(fan.path()).unwrap() {
             let obj = obj.unwrap();
@@ -310,7 +378,13 @@ fn objects_have_known_headers_and_verify() {
             seen += 1;
         }
     }
-    assert_eq!(seen, 12, "5 trees + 1 packed + 4 lorem + 2 random");
+    seen
+}
+
+#[test]
+fn objects_have_known_headers_and_verify() {
+    let raw_ids: Vec<&str> = [PACKED].into_iter().chain(RANDOM.iter().map(|r| r.0)).collect();
+    assert_eq!(verify_objects(FIXTURE, &raw_ids), 12, "5 trees + 1 packed + 4 lorem + 2 random");
 
     // One raw object byte for byte: the packed small-file stream.
     let packed = fs::read(Path::new(FIXTURE).join("objects/2e").join(PACKED)).unwrap();
@@ -458,23 +532,37 @@ fn check_and_index_rebuild_on_the_fixture() {
     assert!(ids.iter().all(|h| filter.may_contain(&id(h))));
 }
 
-/// Backing up the same bytes today gives the fixture's chunk ids (invariant 1): chunking,
-/// small-file packing and hashing are part of the format even though they are not a file.
-#[test]
-fn same_bytes_give_the_fixture_chunk_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("data");
+/// The fixture's source files, as scripts/make-fixture.sh writes them (`v2` adds the
+/// directories of the v2 fixture). Metadata (modes, times, xattrs) is left as it comes: only
+/// content and layout matter to chunk ids and to where a directory's entries go.
+fn write_source(src: &Path, v2: bool) {
     fs::create_dir_all(src.join("sub")).unwrap();
     fs::write(src.join("hello.txt"), hello()).unwrap();
     fs::write(src.join("copy-of-hello.txt"), hello()).unwrap();
     fs::write(src.join(OsStr::from_bytes(NON_UTF8_NAME)), b"latin-1 name\n").unwrap();
     fs::write(src.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("hello.txt", src.join("link")).unwrap();
+    let pipe = std::ffi::CString::new(src.join("pipe").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(pipe.as_ptr(), 0o620) }, 0);
     fs::write(src.join("hardlink-a"), b"linked\n").unwrap();
     fs::hard_link(src.join("hardlink-a"), src.join("sub/hardlink-b")).unwrap();
     fs::write(src.join("sub/lorem.txt"), lorem()).unwrap();
     fs::write(src.join("sub/random.bin"), random_bin()).unwrap();
+    if v2 {
+        fs::create_dir_all(src.join("empty-dir")).unwrap();
+        fs::create_dir_all(src.join("big/nested")).unwrap();
+        for i in 0..120 {
+            fs::write(src.join(format!("big/file-{i:03}.txt")), big_file(i)).unwrap();
+        }
+        fs::write(src.join("big/nested/deep.txt"), b"deep\n").unwrap();
+    }
+}
 
-    let repo_dir = dir.path().join("repo");
+/// Backs `src` up into a new repository (1 KiB chunks, like the fixtures) with the real
+/// binary; returns the repository and the entries of `src` in the snapshot, with the id of
+/// their tree chunk (None if inline).
+fn backup_source(dir: &Path, src: &Path) -> (Repository, Snapshot, Option<ChunkId>, Vec<Node>) {
+    let repo_dir = dir.join("repo");
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .env_remove("TESSERA_REPO")
@@ -489,25 +577,71 @@ fn same_bytes_give_the_fixture_chunk_ids() {
     run(&["backup", "--quiet", "--host", "h", src.to_str().unwrap()]);
     let repo = Repository::open(&repo_dir).unwrap();
     let (_, snap) = repo.find_snapshot("latest").unwrap();
-    let comps: Vec<&[u8]> = src
-        .components()
-        .skip(1)
-        .map(|c| c.as_os_str().as_bytes())
-        .collect();
-    let (_, data) = tree_at(&repo, &snap.tree, &comps);
-    let mut sub_path = comps.clone();
+    let comps: Vec<&[u8]> = src.components().skip(1).map(|c| c.as_os_str().as_bytes()).collect();
+    let (tree, nodes) = dir_at(&repo, &snap.tree, &comps);
+    (repo, snap, tree, nodes)
+}
+
+/// Backing up the same bytes today gives the fixture's chunk ids (invariant 1): chunking,
+/// small-file packing and hashing are part of the format even though they are not a file.
+/// Data chunking did not change with tree format 2, so the v1 fixture's ids still hold.
+#[test]
+fn same_bytes_give_the_fixture_chunk_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("data");
+    write_source(&src, false);
+    let (repo, snap, data_tree, data) = backup_source(dir.path(), &src);
+    let mut sub_path: Vec<&[u8]> = src.components().skip(1).map(|c| c.as_os_str().as_bytes()).collect();
     sub_path.push(b"sub");
-    let (_, sub) = tree_at(&repo, &snap.tree, &sub_path);
+    let (sub_tree, sub) = dir_at(&repo, &snap.tree, &sub_path);
 
     let packed = |off, len| vec![Slice(id(PACKED), off, len)];
-    assert_eq!(node(&data, NON_UTF8_NAME).content, packed(0, 13));
-    assert_eq!(node(&data, b"copy-of-hello.txt").content, packed(13, 15));
-    assert_eq!(node(&data, b"hello.txt").content, packed(13, 15));
-    assert_eq!(node(&data, b"hardlink-a").content, packed(28, 7));
-    assert_eq!(node(&sub, b"hardlink-b").content, packed(28, 7));
-    assert!(node(&data, b"empty").content.is_empty());
-    assert_eq!(node(&sub, b"lorem.txt").content, slices(&LOREM));
-    assert_eq!(node(&sub, b"random.bin").content, slices(&RANDOM));
+    assert_eq!(entry(&data, NON_UTF8_NAME).content, packed(0, 13));
+    assert_eq!(entry(&data, b"copy-of-hello.txt").content, packed(13, 15));
+    assert_eq!(entry(&data, b"hello.txt").content, packed(13, 15));
+    assert_eq!(entry(&data, b"hardlink-a").content, packed(28, 7));
+    assert_eq!(entry(&sub, b"hardlink-b").content, packed(28, 7));
+    assert!(entry(&data, b"empty").content.is_empty());
+    assert_eq!(entry(&sub, b"lorem.txt").content, slices(&LOREM));
+    assert_eq!(entry(&sub, b"random.bin").content, slices(&RANDOM));
+    // Today's trees are version 2: these small directories are inline, the root is a chunk.
+    assert_eq!((data_tree, sub_tree), (None, None), "small directories are inline");
+    assert_eq!(repo.load_tree(&snap.tree).unwrap().version, 2);
+}
+
+/// The v2 fixture's contents backed up today give the same data chunks, small-file hashes
+/// and the same choice, directory by directory, between inline entries and a tree chunk.
+#[test]
+fn same_bytes_give_the_v2_fixture_chunks_and_tree_layout() {
+    let (_fdir, froot) = fixture_copy_of(FIXTURE_V2);
+    let frepo = Repository::open(&froot).unwrap();
+    let (_, fsnap) = frepo.find_snapshot(SNAPSHOT_V2).unwrap();
+    let (fdata_tree, fdata) = dir_at(&frepo, &fsnap.tree, &[b"tmp", b"tessera-fixture", b"data"]);
+    let mut want = BTreeMap::new();
+    all_nodes(&frepo, fdata, Path::new(""), &mut want);
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("data");
+    write_source(&src, true);
+    let (repo, snap, data_tree, data) = backup_source(dir.path(), &src);
+    let mut got = BTreeMap::new();
+    all_nodes(&repo, data, Path::new(""), &mut got);
+
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!((data_tree, fdata_tree), (None, None), "the source directory is inline in both");
+    for (path, w) in &want {
+        let g = &got[path];
+        let p = path.display();
+        assert_eq!((g.kind, g.size, &g.content, g.hash), (w.kind, w.size, &w.content, w.hash), "{p}");
+        assert_eq!(g.target, w.target, "{p}");
+        assert_eq!((g.subtree.is_some(), g.entries.is_some()), (w.subtree.is_some(), w.entries.is_some()), "{p}: inline or not");
+    }
+    assert!(got[Path::new("big")].subtree.is_some() && got[Path::new("sub")].entries.is_some());
+    assert_eq!(repo.load_tree(&snap.tree).unwrap().version, 2);
+    // Exactly the fixture's data chunks were stored (the trees differ: times and inodes).
+    let report = tessera::check::check(&repo, true, &Default::default()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!((report.trees, report.objects), (2, 10), "the root tree, big/'s tree and the 8 data chunks");
 }
 
 #[test]
@@ -632,10 +766,103 @@ fn literal_bytes_decode_to_known_values() {
         },
     ];
     assert_eq!(tree.nodes, want);
-    // The writer sorts and produces exactly these bytes.
+    // The writer sorts and produces exactly these bytes, stamped with today's version 2.
     let mut shuffled = want.clone();
     shuffled.reverse();
-    assert_eq!(String::from_utf8(Tree::new(shuffled).to_bytes()).unwrap(), tree_json);
+    assert_eq!(TREE_VERSION, 2);
+    assert_eq!(
+        String::from_utf8(Tree::new(shuffled).to_bytes()).unwrap(),
+        tree_json.replacen(r#"{"version":1,"#, r#"{"version":2,"#, 1)
+    );
+    assert_eq!(Tree { version: 1, nodes: want }.to_bytes(), tree_json.as_bytes());
+
+    // A version 2 tree: directories inline (`entries`, nested, empty) next to one with a tree
+    // chunk of its own (`subtree`).
+    let hash = "33".repeat(32);
+    let v2_json = format!(
+        concat!(
+            r#"{{"version":2,"nodes":["#,
+            r#"{{"name":"d","type":"dir","mode":493,"uid":0,"gid":0,"mtime_ns":1,"ctime_ns":2,"inode":3,"entries":["#,
+            r#"{{"name":"e","type":"dir","mode":448,"uid":5,"gid":6,"mtime_ns":4,"ctime_ns":5,"inode":6,"entries":[]}},"#,
+            r#"{{"name":"f.txt","type":"file","mode":420,"uid":1,"gid":2,"mtime_ns":7,"ctime_ns":8,"inode":9,"#,
+            r#""size":3,"hash":"{hash}","content":[["{chunk}",4,3]]}},"#,
+            r#"{{"name":{{"hex":"ff"}},"type":"dir","mode":320,"uid":0,"gid":0,"mtime_ns":10,"ctime_ns":11,"inode":12,"subtree":"{sub}"}}"#,
+            r#"]}},"#,
+            r#"{{"name":"z","type":"dir","mode":365,"uid":0,"gid":0,"mtime_ns":13,"ctime_ns":14,"inode":15,"subtree":"{sub}"}}"#,
+            r#"]}}"#
+        ),
+        hash = hash,
+        chunk = chunk,
+        sub = sub
+    );
+    let tid = HashAlgo::Blake3.hash(v2_json.as_bytes());
+    let tree = Tree::from_bytes(&tid, v2_json.as_bytes()).unwrap();
+    assert_eq!(tree.version, 2);
+    let dir = |name: &[u8], mode, ids: (i64, i64, u64), owner: (u32, u32), subtree, entries| Node {
+        name: RawBytes(name.to_vec()),
+        kind: NodeType::Dir,
+        mode,
+        uid: owner.0,
+        gid: owner.1,
+        mtime_ns: ids.0,
+        ctime_ns: ids.1,
+        inode: ids.2,
+        size: 0,
+        hash: None,
+        links: None,
+        content: vec![],
+        subtree,
+        entries,
+        target: None,
+        rdev: 0,
+        xattrs: vec![],
+    };
+    let f = Node {
+        name: RawBytes(b"f.txt".to_vec()),
+        kind: NodeType::File,
+        mode: 0o644,
+        uid: 1,
+        gid: 2,
+        mtime_ns: 7,
+        ctime_ns: 8,
+        inode: 9,
+        size: 3,
+        hash: Some(id(&hash)),
+        links: None,
+        content: vec![Slice(id(&chunk), 4, 3)],
+        subtree: None,
+        entries: None,
+        target: None,
+        rdev: 0,
+        xattrs: vec![],
+    };
+    let want = vec![
+        dir(
+            b"d",
+            0o755,
+            (1, 2, 3),
+            (0, 0),
+            None,
+            Some(vec![
+                dir(b"e", 0o700, (4, 5, 6), (5, 6), None, Some(vec![])),
+                f,
+                dir(&[0xff], 0o500, (10, 11, 12), (0, 0), Some(id(&sub)), None),
+            ]),
+        ),
+        dir(b"z", 0o555, (13, 14, 15), (0, 0), Some(id(&sub)), None),
+    ];
+    assert_eq!(tree.nodes, want);
+    let mut shuffled = want.clone();
+    shuffled.reverse();
+    assert_eq!(String::from_utf8(Tree::new(shuffled).to_bytes()).unwrap(), v2_json);
+    // Where each directory's entries are.
+    let mut nodes = tree.nodes;
+    let Some(Subtree::Inline(inner)) = nodes[0].take_subtree() else { panic!("d is inline") };
+    assert_eq!(inner.len(), 3);
+    assert!(nodes[0].subtree.is_none() && nodes[0].entries.is_none(), "take_subtree takes it");
+    assert!(matches!(nodes[1].take_subtree(), Some(Subtree::Chunk(c)) if c == id(&sub)));
+    assert!(inner[1].clone().take_subtree().is_none(), "a file has no entries");
+    assert!(matches!(inner[0].clone().take_subtree(), Some(Subtree::Inline(e)) if e.is_empty()));
 
     // A snapshot with a parent and a warning.
     let snap_json = format!(
@@ -684,6 +911,51 @@ fn unsafe_tree_entries_are_rejected() {
     assert!(Tree::from_bytes(&tid, two("a", "a").as_bytes()).unwrap_err().to_string().contains("duplicated"));
     let dir = r#"{"version":1,"nodes":[{"name":"d","type":"dir","mode":0,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1}]}"#;
     assert!(Tree::from_bytes(&tid, dir.as_bytes()).unwrap_err().to_string().contains("subtree"));
+
+    // Version 2: inline entries get the same checks at every depth, and the error names the
+    // tree chunk that holds them.
+    let head = |name: &str, kind: &str| {
+        format!(r#""name":{name},"type":"{kind}","mode":0,"uid":0,"gid":0,"mtime_ns":0,"ctime_ns":0,"inode":1"#)
+    };
+    let fifo = |name: &str| format!("{{{}}}", head(name, "fifo"));
+    let inline = |name: &str, entries: &[String]| format!(r#"{{{},"entries":[{}]}}"#, head(name, "dir"), entries.join(","));
+    let v = |version: u32, nodes: &[String]| format!(r#"{{"version":{version},"nodes":[{}]}}"#, nodes.join(","));
+    let refused = |json: String, why: &str| {
+        let tid = HashAlgo::Blake3.hash(json.as_bytes());
+        let err = Tree::from_bytes(&tid, json.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(why), "{json}: {err}");
+        assert!(err.contains(&tid.to_hex()), "{json}: the error names the tree: {err}");
+    };
+    for (name, why) in [
+        (r#"".""#, "relative path component"),
+        (r#""..""#, "relative path component"),
+        (r#""""#, "empty name"),
+        (r#""a/b""#, "contains a slash"),
+        (r#""/etc""#, "contains a slash"),
+        (r#"{"hex":"2e2e"}"#, "relative path component"),
+        (r#"{"hex":"610062"}"#, "contains a NUL byte"),
+    ] {
+        // As the name of an inline directory, of an entry inside one, and two levels down.
+        refused(v(2, &[inline(name, &[fifo(r#""x""#)])]), why);
+        refused(v(2, &[inline(r#""d""#, &[fifo(name)])]), why);
+        refused(v(2, &[inline(r#""d""#, &[fifo(r#""a""#), inline(r#""e""#, &[inline(name, &[])])])]), why);
+    }
+    refused(v(2, &[inline(r#""d""#, &[fifo(r#""b""#), fifo(r#""a""#)])]), "not sorted");
+    refused(v(2, &[inline(r#""d""#, &[fifo(r#""a""#), inline(r#""a""#, &[])])]), "duplicated");
+    // A directory is exactly one of the two; nothing else has either.
+    let sub = format!(r#""subtree":"{}""#, "11".repeat(32));
+    let both = format!(r#"{{{},{sub},"entries":[]}}"#, head(r#""d""#, "dir"));
+    refused(v(2, &[both]), "subtree does not match type");
+    refused(v(2, &[format!("{{{}}}", head(r#""d""#, "dir"))]), "subtree does not match type");
+    refused(v(2, &[format!(r#"{{{},"entries":[]}}"#, head(r#""f""#, "file"))]), "subtree does not match type");
+    refused(v(2, &[format!(r#"{{{},"entries":[]}}"#, head(r#""l""#, "symlink"))]), "subtree does not match type");
+    refused(v(2, &[inline(r#""d""#, &[format!(r#"{{{},{sub}}}"#, head(r#""f""#, "fifo"))])]), "subtree does not match type");
+    // Inline entries exist from version 2 on: a version 1 tree holding them is refused.
+    refused(v(1, &[inline(r#""d""#, &[fifo(r#""x""#)])]), "inline entries in a version 1 tree");
+    refused(v(1, &[inline(r#""d""#, &[])]), "inline entries in a version 1 tree");
+    // The same shapes with safe names are accepted.
+    let ok = v(2, &[inline(r#""d""#, &[fifo(r#""a""#), inline(r#""e""#, &[fifo(r#""x""#)])])]);
+    Tree::from_bytes(&HashAlgo::Blake3.hash(ok.as_bytes()), ok.as_bytes()).unwrap();
 }
 
 #[test]
@@ -709,10 +981,13 @@ fn newer_versions_are_rejected() {
     let err = object::decode(&id(PACKED), HashAlgo::Blake3, &v2).unwrap_err().to_string();
     assert!(err.contains("unknown object format version 2") && err.contains(PACKED), "{err}");
 
-    // Tree.
+    // Tree: versions 1 and 2 are read, 3 is refused as newer.
     let tid = id(DATA_TREE);
-    let err = Tree::from_bytes(&tid, br#"{"version":2,"nodes":[]}"#).unwrap_err().to_string();
-    assert!(err.contains("version 2") && err.contains("newer"), "{err}");
+    assert_eq!(Tree::from_bytes(&tid, br#"{"version":1,"nodes":[]}"#).unwrap().version, 1);
+    assert_eq!(Tree::from_bytes(&tid, br#"{"version":2,"nodes":[]}"#).unwrap().version, 2);
+    let err = Tree::from_bytes(&tid, br#"{"version":3,"nodes":[]}"#).unwrap_err().to_string();
+    assert!(err.contains("version 3") && err.contains("newer") && err.contains(DATA_TREE), "{err}");
+    assert!(err.contains("tessera's 2"), "{err}");
 
     // Snapshot: stored under the BLAKE3 of its bytes, like any snapshot.
     let (_dir2, root2) = fixture_copy();
@@ -726,4 +1001,287 @@ fn newer_versions_are_rejected() {
     // A snapshot whose bytes do not match its name is refused too.
     fs::write(root2.join("snapshots").join(&nid), newer.replace("fixture-host", "other-host")).unwrap();
     assert!(repo.load_snapshot(&nid).unwrap_err().to_string().contains("does not match its id"));
+}
+
+// ---------------------------------------------------------------------------------------
+// The v2 fixture: tree format version 2 (small directories inline)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn v2_config_and_snapshot_decode_to_known_values() {
+    let (_dir, root) = fixture_copy_of(FIXTURE_V2);
+    let config = Config::load(&root).unwrap();
+    assert_eq!(
+        config,
+        Config {
+            format: "tessera-repository".into(),
+            version: 1,
+            id: "4b7959006d61618eb9fb59312b67d11e".into(),
+            hash: HashAlgo::Blake3,
+            chunker: ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 },
+            index_shards: 16,
+        }
+    );
+    assert_eq!(fs::read(root.join("config")).unwrap(), config.to_bytes());
+
+    let repo = Repository::open(&root).unwrap();
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 1);
+    let (sid, snap) = &snaps[0];
+    assert_eq!(sid, SNAPSHOT_V2);
+    assert_eq!(snap.version, 1, "the snapshot format did not change");
+    assert_eq!(snap.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), "2026-11-22T23:58:11.405438276Z");
+    assert_eq!(snap.host, "fixture-host");
+    assert_eq!(snap.paths, vec!["/tmp/tessera-fixture/data".to_string()]);
+    assert_eq!(snap.tags, vec!["fixture".to_string()]);
+    assert_eq!(snap.parent, None);
+    assert_eq!(snap.tree, id(ROOT_TREE_V2));
+    let s = &snap.summary;
+    assert_eq!((s.files, s.dirs, s.others), (129, 7, 2));
+    assert_eq!((s.total_bytes, s.read_bytes), (8622, 8615));
+    // Two tree chunks (38465 + 3873 bytes) and eight data chunks.
+    assert_eq!((s.new_chunks, s.new_bytes, s.stored_bytes), (10, 50938, 8980));
+    assert_eq!(s.duration_s, 2.754069002);
+    assert!(snap.warnings.is_empty());
+    let bytes = fs::read(root.join("snapshots").join(SNAPSHOT_V2)).unwrap();
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), SNAPSHOT_V2);
+    assert_eq!(snap.to_bytes(), bytes);
+}
+
+#[test]
+fn v2_trees_decode_to_known_values() {
+    let (_dir, root) = fixture_copy_of(FIXTURE_V2);
+    let repo = Repository::open(&root).unwrap();
+    let snap_tree = id(ROOT_TREE_V2);
+
+    // The root tree is a chunk; everything down to the source directory is inline in it.
+    let rtree = repo.load_tree(&snap_tree).unwrap();
+    assert_eq!(rtree.version, 2);
+    assert_eq!(rtree.nodes.len(), 1);
+    let tmp = &rtree.nodes[0];
+    assert_eq!((tmp.name.0.as_slice(), tmp.kind, tmp.mode, tmp.subtree), (&b"tmp"[..], NodeType::Dir, 0o1777, None));
+    let (at, t) = dir_at(&repo, &snap_tree, &[b"tmp"]);
+    assert_eq!((at, t.len(), t[0].name.0.as_slice()), (None, 1, &b"tessera-fixture"[..]));
+    assert_eq!((t[0].mode, t[0].mtime_ns, t[0].subtree), (0o755, 1_704_164_648_000_000_000, None));
+    let (at, t) = dir_at(&repo, &snap_tree, &[b"tmp", b"tessera-fixture"]);
+    assert_eq!((at, t.len(), t[0].name.0.as_slice()), (None, 1, &b"data"[..]));
+    assert_eq!((t[0].mode, t[0].mtime_ns, t[0].subtree), (0o755, 1_704_164_647_000_000_000, None));
+
+    let (at, data) = dir_at(&repo, &snap_tree, &[b"tmp", b"tessera-fixture", b"data"]);
+    assert_eq!(at, None, "data/ is inline");
+    let names: Vec<&[u8]> = data.iter().map(|n| n.name.0.as_slice()).collect();
+    assert_eq!(
+        names,
+        [
+            &b"big"[..], NON_UTF8_NAME, b"copy-of-hello.txt", b"empty", b"empty-dir", b"hardlink-a", b"hello.txt",
+            b"link", b"pipe", b"sub"
+        ]
+    );
+    let (p0, p1) = (id(PACKED_V2[0].0), id(PACKED_V2[1].0));
+    let expect = |nodes: &[Node], name: &[u8], kind, mode, size| {
+        let n = entry(nodes, name).clone();
+        assert_eq!((n.kind, n.mode, n.size, n.uid, n.gid), (kind, mode, size, 0, 0), "{name:?}");
+        n
+    };
+    let n = expect(&data, NON_UTF8_NAME, NodeType::File, 0o600, 13);
+    assert_eq!((n.mtime_ns, n.content.clone()), (MTIME, vec![Slice(p1, 497, 13)]));
+    assert_eq!(n.hash, Some(HashAlgo::Blake3.hash(b"latin-1 name\n")));
+    assert_eq!(content(&repo, &n), b"latin-1 name\n");
+    let n = expect(&data, b"copy-of-hello.txt", NodeType::File, 0o644, 15);
+    assert_eq!((n.content.clone(), n.hash), (vec![Slice(p1, 510, 15)], Some(HashAlgo::Blake3.hash(&hello()))));
+    let n = expect(&data, b"hello.txt", NodeType::File, 0o644, 15);
+    assert_eq!(n.content, vec![Slice(p1, 510, 15)]);
+    assert_eq!(n.xattrs, vec![Xattr { name: RawBytes(b"user.comment".to_vec()), value: RawBytes(b"fixture".to_vec()) }]);
+    let n = expect(&data, b"empty", NodeType::File, 0o640, 0);
+    assert!(n.content.is_empty() && n.hash.is_none());
+    let n = expect(&data, b"hardlink-a", NodeType::File, 0o640, 7);
+    assert_eq!(n.content, vec![Slice(p1, 525, 7)]);
+    assert_eq!((n.inode, n.links.map(|(_, c)| c)), (10011816, Some(2)));
+    let a = n;
+    let n = expect(&data, b"link", NodeType::Symlink, 0o777, 0);
+    assert_eq!(n.target, Some(RawBytes(b"hello.txt".to_vec())));
+    expect(&data, b"pipe", NodeType::Fifo, 0o620, 0);
+
+    // An empty directory is inline with no entries: `"entries":[]`.
+    let n = expect(&data, b"empty-dir", NodeType::Dir, 0o700, 0);
+    assert_eq!((n.mtime_ns, n.subtree, n.entries), (1_704_164_646_000_000_000, None, Some(vec![])));
+
+    // sub/ is small: inline, with the same data chunks as in the v1 fixture.
+    let n = expect(&data, b"sub", NodeType::Dir, 0o750, 0);
+    assert_eq!((n.mtime_ns, n.subtree), (1_704_164_646_000_000_000, None));
+    let sub = n.entries.expect("sub/ is inline");
+    assert_eq!(dir_at(&repo, &snap_tree, &[b"tmp", b"tessera-fixture", b"data", b"sub"]), (None, sub.clone()));
+    let names: Vec<&[u8]> = sub.iter().map(|n| n.name.0.as_slice()).collect();
+    assert_eq!(names, [&b"hardlink-b"[..], b"lorem.txt", b"random.bin"]);
+    let b = entry(&sub, b"hardlink-b");
+    assert_eq!((b.inode, b.links, &b.content), (a.inode, a.links, &a.content));
+    let n = expect(&sub, b"lorem.txt", NodeType::File, 0o644, 5500);
+    assert_eq!((n.content.clone(), n.hash), (slices(&LOREM), None), "large files: whole chunks, no hash");
+    assert_eq!(content(&repo, &n), lorem());
+    let n = expect(&sub, b"random.bin", NodeType::File, 0o600, 1500);
+    assert_eq!(n.content, slices(&RANDOM));
+    assert_eq!(content(&repo, &n), random_bin());
+
+    // big/ is large: a tree chunk of its own, holding the inline nested/.
+    let n = expect(&data, b"big", NodeType::Dir, 0o755, 0);
+    assert_eq!((n.mtime_ns, n.subtree, n.entries), (1_704_164_646_000_000_000, Some(id(BIG_TREE_V2)), None));
+    let (at, big) = dir_at(&repo, &snap_tree, &[b"tmp", b"tessera-fixture", b"data", b"big"]);
+    assert_eq!(at, Some(id(BIG_TREE_V2)));
+    assert_eq!(big.len(), 121);
+    for (i, n) in big[..120].iter().enumerate() {
+        assert_eq!(n.name.0, format!("file-{i:03}.txt").into_bytes());
+        assert_eq!((n.kind, n.mode, n.size, n.mtime_ns), (NodeType::File, 0o644, 13, MTIME));
+        assert_eq!(n.hash, Some(HashAlgo::Blake3.hash(&big_file(i))));
+        assert_eq!(content(&repo, n), big_file(i));
+    }
+    // The packed stream starts with big/'s files; file-082.txt straddles the two chunks.
+    assert_eq!(big[0].content, vec![Slice(p0, 0, 13)]);
+    assert_eq!(big[82].content, vec![Slice(p0, 1066, 2), Slice(p1, 0, 11)]);
+    assert_eq!(big[119].content, vec![Slice(p1, 479, 13)]);
+    let nested = &big[120];
+    assert_eq!((nested.name.0.as_slice(), nested.kind, nested.mode), (&b"nested"[..], NodeType::Dir, 0o755));
+    assert_eq!((nested.mtime_ns, nested.subtree), (1_704_164_646_500_000_000, None));
+    let deep = nested.entries.as_ref().expect("nested/ is inline in big/'s tree");
+    assert_eq!(deep.len(), 1);
+    assert_eq!((deep[0].name.0.as_slice(), deep[0].size), (&b"deep.txt"[..], 5));
+    assert_eq!(deep[0].content, vec![Slice(p1, 492, 5)]);
+    assert_eq!(content(&repo, &deep[0]), b"deep\n");
+
+    // The stored bytes: compact JSON, inline directories as `entries` arrays in place, and
+    // the writer reproduces both tree chunks exactly (invariant 9).
+    let raw = String::from_utf8(repo.read_chunk(&snap_tree).unwrap()).unwrap();
+    assert!(raw.starts_with(r#"{"version":2,"nodes":[{"name":"tmp","type":"dir","mode":1023,"#), "{raw}");
+    assert!(raw.contains(&format!(r#""inode":10011820,"subtree":"{BIG_TREE_V2}"}},"#)), "{raw}");
+    assert!(raw.contains(r#""inode":10011819,"entries":[]},"#), "{raw}");
+    assert!(raw.contains(r#""inode":10011660,"entries":[{"name":"hardlink-b","#), "{raw}");
+    for (tid, len) in [(ROOT_TREE_V2, 3873), (BIG_TREE_V2, 38465)] {
+        let bytes = repo.read_chunk(&id(tid)).unwrap();
+        assert_eq!(bytes.len(), len);
+        assert_eq!(HashAlgo::Blake3.hash(&bytes), id(tid));
+        let tree = Tree::from_bytes(&id(tid), &bytes).unwrap();
+        assert_eq!(tree.version, 2);
+        assert_eq!(Tree::new(tree.nodes).to_bytes(), bytes, "tree {tid} re-serializes differently");
+    }
+
+    // The inline rule: below the root, a directory is inline exactly when its own tree would
+    // serialize to fewer than 32 KiB.
+    let mut all = BTreeMap::new();
+    all_nodes(&repo, rtree.nodes, Path::new("/"), &mut all);
+    let dirs: Vec<_> = all.iter().filter(|(_, n)| n.kind == NodeType::Dir).collect();
+    assert_eq!(dirs.len(), 7);
+    for (path, n) in dirs {
+        let own = Tree::new(n.clone().take_subtree().map(|s| repo.open_subtree(s).unwrap()).unwrap());
+        assert_eq!(n.entries.is_some(), own.to_bytes().len() < INLINE_TREE_BYTES, "{}", path.display());
+    }
+}
+
+#[test]
+fn v2_objects_have_known_headers_and_verify() {
+    let raw_ids: Vec<&str> = RANDOM.iter().map(|r| r.0).collect();
+    assert_eq!(verify_objects(FIXTURE_V2, &raw_ids), 10, "2 trees + 2 packed + 4 lorem + 2 random");
+    // The same data chunks as the v1 fixture, byte for byte: data chunking did not change.
+    for (h, _) in LOREM.iter().chain(RANDOM.iter()) {
+        let v1 = fs::read(Path::new(FIXTURE).join("objects").join(&h[..2]).join(h)).unwrap();
+        let v2 = fs::read(Path::new(FIXTURE_V2).join("objects").join(&h[..2]).join(h)).unwrap();
+        assert_eq!(v1, v2, "{h}");
+    }
+}
+
+#[test]
+fn v2_check_and_index_rebuild() {
+    let (_dir, root) = fixture_copy_of(FIXTURE_V2);
+    let repo = Repository::open(&root).unwrap();
+    let report = tessera::check::check(&repo, true, &Default::default()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!((report.snapshots, report.trees, report.objects, report.objects_read), (1, 2, 10, 10));
+    // 10 chunks, and one small-file entry per distinct small content, found in inline
+    // directories and in big/'s tree alike: 120 big files, deep.txt, and the v1 fixture's
+    // three (hello.txt and its copy share one; the v1 fixture predates the node hash).
+    assert_eq!(tessera::check::rebuild_index(&repo).unwrap(), (10, 124));
+    // Only tree chunks count as trees: inline directories are part of their parent's bytes.
+    let stats = tessera::stats::stats(&repo).unwrap();
+    assert_eq!((stats.objects, stats.unique_chunks, stats.tree_chunks, stats.data_chunks), (10, 10, 2, 8));
+    assert_eq!(stats.tree_bytes, 3873 + 38465);
+}
+
+#[test]
+fn v2_restore_reproduces_the_fixture_files() {
+    let (dir, root) = fixture_copy_of(FIXTURE_V2);
+    let repo = Repository::open(&root).unwrap();
+    let (_, snap) = repo.find_snapshot(SNAPSHOT_V2).unwrap();
+    let target = dir.path().join("out");
+    let opts = RestoreOptions { target: target.clone(), includes: Vec::new(), overwrite: false };
+    let report = restore::restore(&repo, &snap, &opts, &RestoreLive::default()).unwrap();
+    let errors: Vec<_> = report.errors.iter().filter(|e| !e.error.starts_with("xattr")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!((report.files, report.dirs, report.others), (129, 7, 2));
+    assert_eq!(report.bytes, 13 + 15 + 15 + 7 + 5500 + 1500 + 120 * 13 + 5);
+
+    let data = target.join("tmp/tessera-fixture/data");
+    let name = OsStr::from_bytes(NON_UTF8_NAME);
+    let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
+    let check_file = |rel: &Path, bytes: &[u8], mode: u32| {
+        let p = data.join(rel);
+        assert_eq!(fs::read(&p).unwrap(), bytes, "{}", p.display());
+        let m = meta(&p);
+        assert!(m.is_file());
+        assert_eq!(m.mode() & 0o7777, mode, "{}", p.display());
+        assert_eq!(m.mtime() * 1_000_000_000 + m.mtime_nsec(), MTIME, "{}", p.display());
+    };
+    check_file(Path::new(name), b"latin-1 name\n", 0o600);
+    check_file(Path::new("hello.txt"), &hello(), 0o644);
+    check_file(Path::new("copy-of-hello.txt"), &hello(), 0o644);
+    check_file(Path::new("empty"), b"", 0o640);
+    check_file(Path::new("hardlink-a"), b"linked\n", 0o640);
+    check_file(Path::new("sub/hardlink-b"), b"linked\n", 0o640);
+    check_file(Path::new("sub/lorem.txt"), &lorem(), 0o644);
+    check_file(Path::new("sub/random.bin"), &random_bin(), 0o600);
+    for i in 0..120 {
+        check_file(&PathBuf::from(format!("big/file-{i:03}.txt")), &big_file(i), 0o644);
+    }
+    check_file(Path::new("big/nested/deep.txt"), b"deep\n", 0o644);
+    assert_eq!(meta(&data.join("hardlink-a")).ino(), meta(&data.join("sub/hardlink-b")).ino());
+    assert_eq!(fs::read_link(data.join("link")).unwrap(), Path::new("hello.txt"));
+    assert!(meta(&data.join("pipe")).file_type().is_fifo());
+    if let Ok(Some(v)) = xattr::get(data.join("hello.txt"), "user.comment") {
+        assert_eq!(v, b"fixture");
+    }
+
+    // Directories, inline or not, come back with their metadata.
+    let dir_meta = |rel: &str| {
+        let m = meta(&data.join(rel));
+        assert!(m.is_dir(), "{rel}");
+        (m.mode() & 0o7777, m.mtime(), m.mtime_nsec())
+    };
+    assert_eq!(dir_meta("sub"), (0o750, 1_704_164_646, 0));
+    assert_eq!(dir_meta("empty-dir"), (0o700, 1_704_164_646, 0));
+    assert_eq!(dir_meta("big"), (0o755, 1_704_164_646, 0));
+    assert_eq!(dir_meta("big/nested"), (0o755, 1_704_164_646, 500_000_000));
+    assert_eq!(dir_meta("."), (0o755, 1_704_164_647, 0));
+    assert_eq!(meta(&target.join("tmp/tessera-fixture")).mtime(), 1_704_164_648);
+
+    // Nothing else.
+    let mut all = Vec::new();
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+            all.push(e.path().strip_prefix(&data).unwrap().to_path_buf());
+        }
+    }
+    all.sort();
+    let mut want: Vec<PathBuf> = [
+        "big", "big/nested", "big/nested/deep.txt", "copy-of-hello.txt", "empty", "empty-dir", "hardlink-a",
+        "hello.txt", "link", "pipe", "sub", "sub/hardlink-b", "sub/lorem.txt", "sub/random.bin",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .chain((0..120).map(|i| PathBuf::from(format!("big/file-{i:03}.txt"))))
+    .chain([PathBuf::from(name)])
+    .collect();
+    want.sort();
+    assert_eq!(all, want);
 }
