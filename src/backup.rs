@@ -28,11 +28,13 @@ use crate::repo::Repository;
 use crate::store::object;
 use crate::walk::{Excludes, node_from_metadata};
 
-const READERS: usize = 2;
+/// One reader chunks and hashes at about twice the rate two workers compress, so a second
+/// would only add buffers in flight.
+const READERS: usize = 1;
 const WORKERS: usize = 2;
-const CHUNK_QUEUE: usize = 4;
+const CHUNK_QUEUE: usize = 2;
 const FILE_QUEUE: usize = 256;
-const WORKER_BATCH: usize = 4;
+const WORKER_BATCH: usize = 2;
 /// Directories whose serialized entries (inline subdirectories included) are smaller than
 /// this are stored inline in their parent's tree rather than as a tree chunk of their own.
 const INLINE_TREE_BYTES: usize = 32 << 10;
@@ -101,6 +103,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         live,
         pending: Mutex::new((Vec::new(), 0)),
         pending_files: Mutex::new(Vec::new()),
+        pool: BufferPool::default(),
         failure: Mutex::new(None),
     };
     let warnings = Warnings { list: Mutex::new(Vec::new()), sink: on_warning };
@@ -118,7 +121,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         drop(chunk_rx);
         for _ in 0..READERS {
             let (rx, tx) = (large_rx.clone(), chunk_tx.clone());
-            s.spawn(|| read_large_files(repo, rx, tx, &warnings, live));
+            s.spawn(|| read_large_files(repo, rx, tx, &sink.pool, &warnings, live));
         }
         drop(large_rx);
         let packer = Packer::new(repo, &sink, chunk_tx);
@@ -308,6 +311,28 @@ impl Warnings<'_> {
     }
 }
 
+/// Chunk buffers passed from readers to workers and back. Megabyte buffers allocated on one
+/// thread and freed on another fragment the allocator's per-thread arenas (memory that is
+/// never returned) and cost page faults on every fresh allocation; reusing them avoids both.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// Enough for every buffer that can be in flight at once.
+    const KEEP: usize = CHUNK_QUEUE + WORKERS * WORKER_BATCH + READERS;
+
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().expect("poisoned").pop().unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.0.lock().expect("poisoned");
+        if free.len() < Self::KEEP {
+            free.push(buf);
+        }
+    }
+}
+
 /// Where chunks end up: dedup check, store, and registration in the index once durable.
 struct Sink<'a> {
     repo: &'a Repository,
@@ -318,6 +343,7 @@ struct Sink<'a> {
     pending: Mutex<(Vec<IndexEntry>, u64)>,
     /// Small files packed by this run, registered only once the run's chunks all are.
     pending_files: Mutex<Vec<FileEntry>>,
+    pool: BufferPool,
     failure: Mutex<Option<Error>>,
 }
 
@@ -326,12 +352,13 @@ impl Sink<'_> {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             batch.extend(rx.try_iter().take(WORKER_BATCH - 1));
-            if self.failure.lock().expect("poisoned").is_some() {
-                continue; // keep draining so producers never block on a dead pipeline
-            }
-            if let Err(e) = self.store_batch(&batch) {
+            if self.failure.lock().expect("poisoned").is_none()
+                && let Err(e) = self.store_batch(&batch)
+            {
                 self.fail(e);
             }
+            // After a failure, keep draining so producers never block on a dead pipeline.
+            batch.into_iter().for_each(|job| self.pool.give(job.data));
         }
     }
 
@@ -420,14 +447,18 @@ impl Sink<'_> {
     }
 }
 
-fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJob>, warnings: &Warnings, live: &LiveStats) {
+fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJob>, pool: &BufferPool, warnings: &Warnings, live: &LiveStats) {
     let cutter = repo.cutter();
     for job in rx {
         let result = (|| -> std::io::Result<Vec<Slice>> {
-            let file = File::open(&job.path)?;
+            let mut chunks = cutter.chunks(File::open(&job.path)?, job.size);
             let mut slices = Vec::new();
-            for data in cutter.chunks(file, job.size) {
-                let data = data?;
+            loop {
+                let mut data = pool.take();
+                if !chunks.next_into(&mut data)? {
+                    pool.give(data);
+                    break;
+                }
                 let id = repo.hash(&data);
                 slices.push(Slice(id, 0, data.len() as u32));
                 live.bytes.fetch_add(data.len() as u64, Relaxed);
@@ -495,7 +526,8 @@ struct Waiting {
 /// A small file read whole, with the hash of its bytes.
 struct SmallFile {
     job: FileJob,
-    data: Vec<u8>,
+    /// Where its bytes are in the batch buffer.
+    range: std::ops::Range<usize>,
     hash: ChunkId,
 }
 
@@ -506,6 +538,7 @@ impl<'a> Packer<'a> {
     }
 
     fn run(mut self, rx: Receiver<FileJob>, warnings: &Warnings, live: &LiveStats) {
+        let mut batch_bytes = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut bytes = first.size;
             let mut batch = vec![first];
@@ -514,12 +547,17 @@ impl<'a> Packer<'a> {
                 bytes += job.size;
                 batch.push(job);
             }
-            let files: Vec<SmallFile> = batch.into_iter().filter_map(|job| self.read(job, warnings, live)).collect();
+            // One buffer holds the whole batch, reused from batch to batch.
+            batch_bytes.clear();
+            let files: Vec<SmallFile> = batch.into_iter().filter_map(|job| self.read(job, &mut batch_bytes, warnings, live)).collect();
             let known = self.known_content(&files);
             for (file, known) in files.into_iter().zip(known) {
                 match known {
                     Some(slices) => file.job.content.set(Some(FileContent { slices, hash: Some(file.hash) })),
-                    None => self.add(file),
+                    None => {
+                        let data = &batch_bytes[file.range.clone()];
+                        self.add(file, data);
+                    }
                 }
                 self.cut(false);
             }
@@ -528,22 +566,24 @@ impl<'a> Packer<'a> {
     }
 
     /// Reads a small file whole; empty and unreadable files are settled here.
-    fn read(&self, job: FileJob, warnings: &Warnings, live: &LiveStats) -> Option<SmallFile> {
+    fn read(&self, job: FileJob, batch: &mut Vec<u8>, warnings: &Warnings, live: &LiveStats) -> Option<SmallFile> {
         let max = self.repo.cutter().max_size() as u64;
-        let mut data = Vec::with_capacity(job.size as usize);
-        let read = File::open(&job.path).and_then(|f| f.take(max).read_to_end(&mut data));
-        live.bytes.fetch_add(data.len() as u64, Relaxed);
-        live.read_bytes.fetch_add(data.len() as u64, Relaxed);
+        let start = batch.len();
+        let read = File::open(&job.path).and_then(|f| f.take(max).read_to_end(batch));
+        let n = (batch.len() - start) as u64;
+        live.bytes.fetch_add(n, Relaxed);
+        live.read_bytes.fetch_add(n, Relaxed);
         if !check_read(&job, read.map(|n| n as u64), warnings) {
+            batch.truncate(start);
             job.content.set(None);
             return None;
         }
-        if data.is_empty() {
+        if n == 0 {
             job.content.set(Some(FileContent { slices: Vec::new(), hash: None }));
             return None;
         }
-        let hash = self.repo.hash(&data);
-        Some(SmallFile { job, data, hash })
+        let hash = self.repo.hash(&batch[start..]);
+        Some(SmallFile { job, range: start..batch.len(), hash })
     }
 
     /// For each file, the slices of identical content the index already holds. One batched
@@ -560,11 +600,11 @@ impl<'a> Packer<'a> {
         files.iter().map(|f| answers.get(&f.hash).cloned()).collect()
     }
 
-    fn add(&mut self, file: SmallFile) {
+    fn add(&mut self, file: SmallFile, data: &[u8]) {
         let (range, first) = match self.seen.get(&file.hash) {
             Some(&r) => (r, false),
             None => {
-                let r = self.stream.push(&file.data);
+                let r = self.stream.push(data);
                 if self.seen.len() < SMALL_DEDUP_CAP {
                     self.seen.insert(file.hash, r);
                 }
@@ -577,7 +617,12 @@ impl<'a> Packer<'a> {
     /// Sends every chunk whose boundary is final (all of them when `finish`), then settles
     /// the files those chunks complete.
     fn cut(&mut self, finish: bool) {
-        while let Some((id, data)) = self.stream.cut(finish) {
+        loop {
+            let mut data = self.sink.pool.take();
+            let Some(id) = self.stream.cut_into(finish, &mut data) else {
+                self.sink.pool.give(data);
+                break;
+            };
             // A closed channel means the pipeline failed; the error is reported there.
             let _ = self.tx.send(ChunkJob { id, data });
         }

@@ -178,25 +178,36 @@ impl<R: Read> Chunks<R> {
     }
 }
 
+impl<R: Read> Chunks<R> {
+    /// Puts the next chunk in `out` (replacing its contents), so callers can reuse buffers;
+    /// false at the end of the input.
+    pub fn next_into(&mut self, out: &mut Vec<u8>) -> std::io::Result<bool> {
+        let max = self.cutter.max_size();
+        if self.end - self.start < max && !self.eof {
+            self.fill()?;
+        }
+        if self.start == self.end {
+            return Ok(false);
+        }
+        let window = &self.buf[self.start..self.end.min(self.start + max)];
+        let n = self.cutter.first_cut(window);
+        out.clear();
+        out.extend_from_slice(&window[..n]);
+        self.start += n;
+        Ok(true)
+    }
+}
+
 impl<R: Read> Iterator for Chunks<R> {
     type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let max = self.cutter.max_size();
-        if self.end - self.start < max
-            && !self.eof
-            && let Err(e) = self.fill()
-        {
-            return Some(Err(e));
+        let mut chunk = Vec::new();
+        match self.next_into(&mut chunk) {
+            Ok(true) => Some(Ok(chunk)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
         }
-        if self.start == self.end {
-            return None;
-        }
-        let window = &self.buf[self.start..self.end.min(self.start + max)];
-        let n = self.cutter.first_cut(window);
-        let chunk = window[..n].to_vec();
-        self.start += n;
-        Some(Ok(chunk))
     }
 }
 
@@ -227,16 +238,24 @@ impl StreamPacker {
     /// Cuts the next chunk if its boundary is final (or if `finish`, whatever is left).
     /// Cuts are the same as one `Chunks` pass over the whole stream.
     pub fn cut(&mut self, finish: bool) -> Option<(ChunkId, Vec<u8>)> {
+        let mut data = Vec::new();
+        self.cut_into(finish, &mut data).map(|id| (id, data))
+    }
+
+    /// `cut`, putting the chunk's bytes in `out` (replacing its contents) to reuse buffers.
+    pub fn cut_into(&mut self, finish: bool, out: &mut Vec<u8>) -> Option<ChunkId> {
         let max = self.cutter.max_size();
         if self.buf.is_empty() || (self.buf.len() < max && !finish) {
             return None;
         }
         let n = self.cutter.first_cut(&self.buf[..self.buf.len().min(max)]);
-        let data: Vec<u8> = self.buf.drain(..n).collect();
-        let id = self.algo.hash(&data);
+        out.clear();
+        out.extend_from_slice(&self.buf[..n]);
+        self.buf.drain(..n);
+        let id = self.algo.hash(out);
         self.cuts.push((self.base, n as u32, id));
         self.base += n as u64;
-        Some((id, data))
+        Some(id)
     }
 
     /// Everything before this stream offset is in cut chunks.

@@ -90,9 +90,14 @@ impl Repository {
         {
             return Ok((entry(len), false));
         }
-        let obj = object::encode(data);
-        self.store.put(id, &obj)?;
-        Ok((entry(obj.len() as u64), true))
+        thread_local! {
+            static OBJECT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        OBJECT.with_borrow_mut(|obj| {
+            object::encode_into(data, obj);
+            self.store.put(id, obj)?;
+            Ok((entry(obj.len() as u64), true))
+        })
     }
 
     /// A chunk's plaintext, verified against its id.

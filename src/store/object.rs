@@ -50,13 +50,42 @@ thread_local! {
 
 /// Encodes a chunk, compressing it with zstd only when that pays.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    if worth_compressing(data)
-        && let Ok(z) = COMPRESSOR.with_borrow_mut(|c| c.compress(data))
-        && z.len() + data.len() * MIN_SAVING_64THS / 64 < data.len()
-    {
-        return with_header(CODEC_ZSTD, data.len(), &z);
+    let mut out = Vec::new();
+    encode_into(data, &mut out);
+    out
+}
+
+/// `encode` into a buffer the caller reuses: no allocation per chunk once it has grown.
+pub fn encode_into(data: &[u8], out: &mut Vec<u8>) {
+    if worth_compressing(data) && compress_into(data, out) {
+        return;
     }
-    with_header(CODEC_RAW, data.len(), data)
+    write_object(out, CODEC_RAW, data.len(), data);
+}
+
+/// Compresses straight after a header placeholder in `out`; false if that does not pay.
+fn compress_into(data: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    out.resize(HEADER_LEN, 0);
+    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+    let mut cursor = std::io::Cursor::new(&mut *out);
+    cursor.set_position(HEADER_LEN as u64);
+    let fits = COMPRESSOR
+        .with_borrow_mut(|c| c.compress_to_buffer(data, &mut cursor))
+        .is_ok_and(|n| n + data.len() * MIN_SAVING_64THS / 64 < data.len());
+    if fits {
+        out[..HEADER_LEN].copy_from_slice(&header(CODEC_ZSTD, data.len()));
+    }
+    fits
+}
+
+fn header(codec: u8, raw_len: usize) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = OBJECT_VERSION;
+    h[5] = codec;
+    h[8..].copy_from_slice(&(raw_len as u64).to_le_bytes());
+    h
 }
 
 /// Random and already-compressed data costs zstd time for nothing. Probe a few spread-out
@@ -76,13 +105,11 @@ fn worth_compressing(data: &[u8]) -> bool {
     })
 }
 
-fn with_header(codec: u8, raw_len: usize, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[OBJECT_VERSION, codec, 0, 0]);
-    out.extend_from_slice(&(raw_len as u64).to_le_bytes());
+fn write_object(out: &mut Vec<u8>, codec: u8, raw_len: usize, payload: &[u8]) {
+    out.clear();
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header(codec, raw_len));
     out.extend_from_slice(payload);
-    out
 }
 
 /// Decodes an object and checks that its plaintext hashes to `id` (invariant 2).
