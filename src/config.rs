@@ -21,6 +21,14 @@ pub struct Config {
     pub hash: HashAlgo,
     pub chunker: ChunkerParams,
     pub index_shards: u32,
+    /// zstd level for new chunks, 0 for none. Not part of chunk ids: repositories written
+    /// with different levels deduplicate against each other.
+    #[serde(default = "default_level")]
+    pub zstd_level: i32,
+}
+
+fn default_level() -> i32 {
+    crate::store::object::DEFAULT_LEVEL
 }
 
 impl Config {
@@ -38,6 +46,7 @@ impl Config {
             hash,
             chunker,
             index_shards: DEFAULT_SHARDS,
+            zstd_level: default_level(),
         }
     }
 
@@ -70,6 +79,9 @@ impl Config {
         }
         let config: Config = serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
         config.chunker.validate()?;
+        if !(0..=crate::store::object::MAX_LEVEL).contains(&config.zstd_level) {
+            return Err(malformed(format!("zstd_level {} out of range", config.zstd_level)));
+        }
         if config.index_shards == 0 || config.index_shards > 1 << 16 {
             return Err(malformed(format!("index_shards {} out of range", config.index_shards)));
         }

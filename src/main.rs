@@ -44,6 +44,9 @@ enum Command {
         /// Average chunk size (min is a quarter, max four times it), e.g. 1MiB.
         #[arg(long, default_value = "1MiB")]
         chunk_avg: String,
+        /// zstd level for chunks: off, fast (1), default (3), max (19), or a number 1-19.
+        #[arg(long, default_value = "default", value_parser = parse_compression)]
+        compression: i32,
     },
     /// Back up files and directories.
     Backup {
@@ -186,11 +189,16 @@ fn run(cli: Cli) -> Result<u8> {
     let repo_path = || cli.repo.clone().context("no repository given: pass --repo DIR or set TESSERA_REPO");
     let open = || -> Result<Repository> { Ok(Repository::open(&repo_path()?)?) };
     match cli.command {
-        Command::Init { hash, chunk_avg } => {
+        Command::Init { hash, chunk_avg, compression } => {
             let params = ChunkerParams::with_avg(parse_size(&chunk_avg)?)?;
             let path = repo_path()?;
-            let repo = Repository::init(&path, hash, params)?;
-            println!("created repository {} at {} ({hash}, chunks {}/{}/{} bytes)", repo.config().id, path.display(), params.min_size, params.avg_size, params.max_size);
+            let mut config = tessera::config::Config::new(hash, params);
+            config.zstd_level = compression;
+            let repo = Repository::create(&path, config)?;
+            println!(
+                "created repository {} at {} ({hash}, chunks {}/{}/{} bytes, zstd level {})",
+                repo.config().id, path.display(), params.min_size, params.avg_size, params.max_size, compression
+            );
             Ok(0)
         }
         Command::Backup { paths, tags, host, mut excludes, exclude_files, one_file_system, dry_run, force_rehash, json } => {
@@ -404,6 +412,20 @@ fn mtime_string(ns: i64) -> String {
     chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
         .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
+}
+
+fn parse_compression(s: &str) -> std::result::Result<i32, String> {
+    let level = match s {
+        "off" => 0,
+        "fast" => 1,
+        "default" => tessera::store::object::DEFAULT_LEVEL,
+        "max" => tessera::store::object::MAX_LEVEL,
+        n => n.parse().map_err(|_| format!("{n:?} is not off, fast, default, max or a level 1-19"))?,
+    };
+    if !(0..=tessera::store::object::MAX_LEVEL).contains(&level) {
+        return Err(format!("level {level} is out of range 1-19"));
+    }
+    Ok(level)
 }
 
 fn hostname() -> String {

@@ -24,7 +24,12 @@ pub struct Repository {
 
 impl Repository {
     pub fn init(root: &Path, hash: HashAlgo, chunker: ChunkerParams) -> Result<Self> {
-        chunker.validate()?;
+        Self::create(root, Config::new(hash, chunker))
+    }
+
+    /// Creates a repository with the given config (see `Config::new` for a fresh one).
+    pub fn create(root: &Path, config: Config) -> Result<Self> {
+        config.chunker.validate()?;
         if root.join(CONFIG_FILE).exists()
             || fs::read_dir(root).is_ok_and(|mut d| d.next().is_some())
         {
@@ -34,7 +39,6 @@ impl Repository {
         LocalStore::create(&root.join("objects"))?;
         let snaps = root.join(SNAPSHOTS);
         fs::create_dir_all(&snaps).at(&snaps)?;
-        let config = Config::new(hash, chunker);
         LocalIndex::open(&root.join("index"), config.index_shards)?;
         // The config goes last: a repository without one is not a repository yet.
         write_atomic(&root.join(CONFIG_FILE), &config.to_bytes())?;
@@ -94,7 +98,7 @@ impl Repository {
             static OBJECT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         OBJECT.with_borrow_mut(|obj| {
-            object::encode_into(data, obj);
+            object::encode_into(data, self.config.zstd_level, obj);
             self.store.put(id, obj)?;
             Ok((entry(obj.len() as u64), true))
         })

@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Env, ok, restored, run, tessera};
+use common::{Env, ok, restored, run, stderr, tessera};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -986,4 +986,34 @@ fn one_file_system_skips_other_mounts() {
     // -x short form too.
     let short = env.backup(&src, &["-x", "--host", "short"]);
     assert_eq!(u(&short, "files"), 2);
+}
+
+/// `init --compression` sets the zstd level of new chunks: `off` stores text raw, `fast` and
+/// `max` compress it, and both restore byte-identical; nonsense levels are refused.
+#[test]
+fn compression_levels_are_chosen_at_init() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let text: Vec<u8> = "all work and no play makes jack a dull boy\n".repeat(60_000).into_bytes();
+    fs::write(src.join("text.txt"), &text).unwrap();
+    let mut stored = Vec::new();
+    for level in ["off", "fast", "max"] {
+        let repo = env.path(&format!("repo-{level}"));
+        ok(tessera(&repo).args(["init", "--compression", level]));
+        let report = serde_json::from_str::<serde_json::Value>(&ok(tessera(&repo).arg("backup").arg(&src).arg("--json"))).unwrap();
+        stored.push(report["summary"]["stored_bytes"].as_u64().unwrap());
+        let target = env.path(&format!("out-{level}"));
+        ok(tessera(&repo).args(["restore", "latest", "--target"]).arg(&target));
+        assert_eq!(fs::read(restored(&target, &src).join("text.txt")).unwrap(), text);
+    }
+    assert!(stored[0] >= text.len() as u64, "off stores raw: {stored:?}");
+    assert!(stored[1] < text.len() as u64 / 20, "fast compresses: {stored:?}");
+    assert!(stored[2] <= stored[1], "max is no larger than fast: {stored:?}");
+    for bad in ["42", "ultra", "-1"] {
+        let repo = env.path(&format!("repo-bad{bad}"));
+        let out = run(tessera(&repo).args(["init", "--compression", bad]));
+        assert!(!out.status.success() && stderr(&out).contains(bad), "{bad}: {}", stderr(&out));
+        assert!(!repo.exists());
+    }
 }

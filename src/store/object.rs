@@ -12,7 +12,10 @@ pub const OBJECT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 16;
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level of new repositories: what restic's default compression costs, for a smaller
+/// repository; level 1 is about 40% less CPU for 3-4% more bytes.
+pub const DEFAULT_LEVEL: i32 = 3;
+pub const MAX_LEVEL: i32 = 19;
 /// Compress only when it saves at least this fraction (in 1/64ths) of the chunk.
 const MIN_SAVING_64THS: usize = 2;
 const PROBE_LEN: usize = 4 << 10;
@@ -44,34 +47,41 @@ pub fn parse_header(id: &ChunkId, bytes: &[u8]) -> Result<ObjectHeader> {
 
 thread_local! {
     // A zstd context is megabytes of tables: build one per thread, not one per chunk.
-    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
-        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
+    static COMPRESSOR: std::cell::RefCell<(i32, zstd::bulk::Compressor<'static>)> =
+        std::cell::RefCell::new((DEFAULT_LEVEL, zstd::bulk::Compressor::new(DEFAULT_LEVEL).expect("zstd context")));
 }
 
 /// Encodes a chunk, compressing it with zstd only when that pays.
 pub fn encode(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_into(data, &mut out);
+    encode_into(data, DEFAULT_LEVEL, &mut out);
     out
 }
 
 /// `encode` into a buffer the caller reuses: no allocation per chunk once it has grown.
-pub fn encode_into(data: &[u8], out: &mut Vec<u8>) {
-    if worth_compressing(data) && compress_into(data, out) {
+/// Level 0 stores every chunk raw.
+pub fn encode_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
+    if level > 0 && worth_compressing(data) && compress_into(data, level, out) {
         return;
     }
     write_object(out, CODEC_RAW, data.len(), data);
 }
 
 /// Compresses straight after a header placeholder in `out`; false if that does not pay.
-fn compress_into(data: &[u8], out: &mut Vec<u8>) -> bool {
+fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
     out.clear();
     out.resize(HEADER_LEN, 0);
     out.reserve(zstd::zstd_safe::compress_bound(data.len()));
     let mut cursor = std::io::Cursor::new(&mut *out);
     cursor.set_position(HEADER_LEN as u64);
     let fits = COMPRESSOR
-        .with_borrow_mut(|c| c.compress_to_buffer(data, &mut cursor))
+        .with_borrow_mut(|(at, c)| {
+            if *at != level {
+                c.set_compression_level(level)?;
+                *at = level;
+            }
+            c.compress_to_buffer(data, &mut cursor)
+        })
         .is_ok_and(|n| n + data.len() * MIN_SAVING_64THS / 64 < data.len());
     if fits {
         out[..HEADER_LEN].copy_from_slice(&header(CODEC_ZSTD, data.len()));
