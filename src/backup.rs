@@ -38,6 +38,9 @@ const WORKER_BATCH: usize = 2;
 /// Directories whose serialized entries (inline subdirectories included) are smaller than
 /// this are stored inline in their parent's tree rather than as a tree chunk of their own.
 const INLINE_TREE_BYTES: usize = 32 << 10;
+/// Inline directories nest in the tree's JSON, and readers bound nesting depth (serde_json
+/// stops at 128 levels, about 60 directories): deeper chains get tree chunks of their own.
+const MAX_INLINE_DEPTH: usize = 24;
 /// Small files read, hashed and looked up in the index together: at most this many files
 /// and about this many bytes.
 const PACK_BATCH: usize = 64;
@@ -430,7 +433,7 @@ impl Sink<'_> {
     /// A small directory's entries go inline into its parent's tree; a larger one's into a
     /// tree chunk of its own. The choice depends only on the entries, so it is deterministic.
     fn place_tree(&self, dir: &mut Node, tree: Tree) -> Result<()> {
-        if tree.to_bytes().len() < INLINE_TREE_BYTES {
+        if inline_depth(&tree.nodes) < MAX_INLINE_DEPTH && tree.to_bytes().len() < INLINE_TREE_BYTES {
             dir.entries = Some(tree.nodes);
         } else {
             dir.subtree = Some(self.store_tree(&tree)?);
@@ -637,6 +640,16 @@ impl<'a> Packer<'a> {
             w.content.set(Some(FileContent { slices, hash: Some(w.hash) }));
         }
     }
+}
+
+/// How many levels of inline directories `nodes` holds.
+fn inline_depth(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .filter_map(|n| n.entries.as_deref())
+        .map(|entries| 1 + inline_depth(entries))
+        .max()
+        .unwrap_or(0)
 }
 
 fn build_trees(sink: &Sink, rx: Receiver<DirRecord>, counts: &Mutex<Summary>) -> Result<Node> {

@@ -17,7 +17,7 @@ pub struct ChunkerParams {
     pub max_size: u32,
 }
 
-pub const DEFAULT_AVG: u32 = 1 << 20;
+pub const DEFAULT_AVG: u32 = 512 << 10;
 const NORMALIZATION: Normalization = Normalization::Level1;
 
 impl Default for ChunkerParams {

@@ -23,12 +23,17 @@ pub struct Config {
     pub index_shards: u32,
     /// zstd level for new chunks, 0 for none. Not part of chunk ids: repositories written
     /// with different levels deduplicate against each other.
-    #[serde(default = "default_level")]
+    /// Written only when it is not the default, so default configs read the same as before.
+    #[serde(default = "default_level", skip_serializing_if = "is_default_level")]
     pub zstd_level: i32,
 }
 
 fn default_level() -> i32 {
     crate::store::object::DEFAULT_LEVEL
+}
+
+fn is_default_level(level: &i32) -> bool {
+    *level == default_level()
 }
 
 impl Config {

@@ -41,8 +41,9 @@ enum Command {
         /// Chunk fingerprint: blake3 or sha256.
         #[arg(long, default_value = "blake3")]
         hash: HashAlgo,
-        /// Average chunk size (min is a quarter, max four times it), e.g. 1MiB.
-        #[arg(long, default_value = "1MiB")]
+        /// Average chunk size (min is a quarter, max four times it), e.g. 1MiB. The default
+        /// is the measured best of repository size, memory and object count (docs/chunking.md).
+        #[arg(long, default_value = "512KiB")]
         chunk_avg: String,
         /// zstd level for chunks: off, fast (1), default (3), max (19), or a number 1-19.
         #[arg(long, default_value = "default", value_parser = parse_compression)]

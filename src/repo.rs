@@ -39,7 +39,7 @@ impl Repository {
         LocalStore::create(&root.join("objects"))?;
         let snaps = root.join(SNAPSHOTS);
         fs::create_dir_all(&snaps).at(&snaps)?;
-        LocalIndex::open(&root.join("index"), config.index_shards)?;
+        LocalIndex::create(&root.join("index"), config.index_shards)?;
         // The config goes last: a repository without one is not a repository yet.
         write_atomic(&root.join(CONFIG_FILE), &config.to_bytes())?;
         Self::open(root)

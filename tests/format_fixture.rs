@@ -203,6 +203,7 @@ fn config_decodes_to_known_values() {
             hash: HashAlgo::Blake3,
             chunker: ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 },
             index_shards: 16,
+            zstd_level: 3,
         }
     );
     // The writer's bytes: pretty JSON, fields in this order.
@@ -1020,6 +1021,7 @@ fn v2_config_and_snapshot_decode_to_known_values() {
             hash: HashAlgo::Blake3,
             chunker: ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 },
             index_shards: 16,
+            zstd_level: 3,
         }
     );
     assert_eq!(fs::read(root.join("config")).unwrap(), config.to_bytes());

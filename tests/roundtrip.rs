@@ -1017,3 +1017,24 @@ fn compression_levels_are_chosen_at_init() {
         assert!(!repo.exists());
     }
 }
+
+/// Small directories go inline into their parent's tree; a chain of 80 of them must still
+/// come back (tree readers bound JSON nesting, so deep chains need chunks of their own).
+#[test]
+fn deep_chain_of_small_directories_round_trips() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let mut deepest = src.clone();
+    for i in 0..80 {
+        deepest.push(format!("d{i}"));
+    }
+    fs::create_dir_all(&deepest).unwrap();
+    fs::write(deepest.join("leaf.txt"), b"at the bottom").unwrap();
+    env.backup(&src, &[]);
+    ok(tessera(&env.repo()).args(["check", "--read-data"]));
+    let target = env.path("out");
+    env.restore("latest", &target, &[]);
+    let back = restored(&target, &deepest).join("leaf.txt");
+    assert_eq!(fs::read(back).unwrap(), b"at the bottom");
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::ChunkId;
@@ -25,6 +25,15 @@ pub struct LocalIndex {
 }
 
 impl LocalIndex {
+    /// Creates every shard now, while no other client can be using the repository.
+    pub fn create(dir: &Path, shard_count: u32) -> Result<Self> {
+        let index = Self::open(dir, shard_count)?;
+        for s in 0..index.shards.len() {
+            index.shard(s)?;
+        }
+        Ok(index)
+    }
+
     pub fn open(dir: &Path, shard_count: u32) -> Result<Self> {
         if !dir.is_dir() {
             fs::create_dir_all(dir).at(dir)?;
@@ -152,26 +161,28 @@ fn open_shard_writable(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(err)?;
     // Many backups may write one repository at once: wait for the writer lock, never fail.
     conn.busy_timeout(Duration::from_secs(600)).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
     // Lookups are point queries spread over many shards: a small page cache per shard keeps
     // memory flat (SQLite's default is 2 MiB per connection).
     conn.pragma_update(None, "cache_size", -256).map_err(err)?;
+    // Set-up writes happen once, when the shard is new (normally at `init`): changing the
+    // journal mode is not covered by the busy timeout, so concurrent opens must not do it.
     if check_version(&conn, path)? == 0 {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS chunks (
+                id BLOB PRIMARY KEY,
+                raw_len INTEGER NOT NULL,
+                stored_len INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS files (
+                hash BLOB PRIMARY KEY,
+                content BLOB NOT NULL
+            ) WITHOUT ROWID;",
+        )
+        .map_err(err)?;
         conn.pragma_update(None, "user_version", SHARD_VERSION).map_err(err)?;
     }
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS chunks (
-            id BLOB PRIMARY KEY,
-            raw_len INTEGER NOT NULL,
-            stored_len INTEGER NOT NULL
-        ) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS files (
-            hash BLOB PRIMARY KEY,
-            content BLOB NOT NULL
-        ) WITHOUT ROWID;",
-    )
-    .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
     Ok(conn)
 }
 
@@ -202,7 +213,10 @@ impl Index for LocalIndex {
             }
             let (mut conn, path) = self.shard(s)?;
             let err = |source| Error::Index { path: path.clone(), source };
-            let tx = conn.transaction().map_err(err)?;
+            // Take the write lock up front: a deferred transaction that upgrades from read to
+            // write fails at once with SQLITE_BUSY when another writer got in between,
+            // without waiting on the busy timeout.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
             {
                 let mut stmt = tx
                     .prepare_cached(
@@ -268,7 +282,7 @@ impl Index for LocalIndex {
             }
             let (mut conn, path) = self.shard(s)?;
             let err = |source| Error::Index { path: path.clone(), source };
-            let tx = conn.transaction().map_err(err)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
             {
                 let mut stmt = tx
                     .prepare_cached("INSERT OR IGNORE INTO files (hash, content) VALUES (?1, ?2)")
