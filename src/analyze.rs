@@ -17,7 +17,7 @@ mod render;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -242,7 +242,7 @@ fn backup_runs(paths: &[PathBuf], as_versions: bool) -> Result<Vec<Vec<PathBuf>>
     Ok(groups
         .into_iter()
         .map(|g| {
-            let mut abs: Vec<PathBuf> = g.iter().map(|p| absolute(&cwd, p)).collect();
+            let mut abs: Vec<PathBuf> = g.iter().map(|p| crate::walk::absolute(&cwd, p)).collect();
             abs.sort();
             abs.dedup();
             let mut kept: Vec<PathBuf> = Vec::new();
@@ -254,20 +254,6 @@ fn backup_runs(paths: &[PathBuf], as_versions: bool) -> Result<Vec<Vec<PathBuf>>
             kept
         })
         .collect())
-}
-
-fn absolute(cwd: &Path, p: &Path) -> PathBuf {
-    let mut abs = PathBuf::from("/");
-    for c in cwd.join(p).components() {
-        match c {
-            Component::ParentDir => {
-                abs.pop();
-            }
-            Component::Normal(n) => abs.push(n),
-            _ => {}
-        }
-    }
-    abs
 }
 
 fn run_config(

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -188,16 +188,7 @@ fn absolute_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let cwd = std::env::current_dir().at(".")?;
     let mut out = Vec::new();
     for p in paths {
-        let mut abs = PathBuf::from("/");
-        for c in cwd.join(p).components() {
-            match c {
-                Component::ParentDir => {
-                    abs.pop();
-                }
-                Component::Normal(n) => abs.push(n),
-                _ => {}
-            }
-        }
+        let abs = crate::walk::absolute(&cwd, p);
         if fs::symlink_metadata(&abs).is_err() {
             return Err(Error::SourceMissing(p.clone()));
         }

@@ -3,7 +3,7 @@
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
@@ -43,6 +43,22 @@ impl Excludes {
     pub fn matches(&self, path: &Path) -> bool {
         self.paths.is_match(path) || path.file_name().is_some_and(|n| self.names.is_match(n))
     }
+}
+
+/// `p` made absolute against `cwd` without resolving symlinks (`..` drops a component, as
+/// the user typed it, not as the filesystem would resolve it).
+pub fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    let mut abs = PathBuf::from("/");
+    for c in cwd.join(p).components() {
+        match c {
+            Component::ParentDir => {
+                abs.pop();
+            }
+            Component::Normal(n) => abs.push(n),
+            _ => {}
+        }
+    }
+    abs
 }
 
 /// Patterns from an exclude file: one per line, blank lines and `#` comments skipped.

@@ -55,6 +55,35 @@ impl LocalIndex {
         Ok((ShardGuard(guard), path))
     }
 
+    /// Runs `sql` for each row (`bind` executes it for row `i`), rows grouped by the shard
+    /// of their key: one write transaction per shard.
+    fn insert_by_shard(
+        &self,
+        keys: &[ChunkId],
+        sql: &str,
+        mut bind: impl FnMut(&mut rusqlite::CachedStatement<'_>, usize) -> rusqlite::Result<usize>,
+    ) -> Result<()> {
+        for (s, group) in by_shard(keys, self.shards.len() as u32).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let (mut conn, path) = self.shard(s)?;
+            let err = |source| Error::Index { path: path.clone(), source };
+            // Take the write lock up front: a deferred transaction that upgrades from read to
+            // write fails at once with SQLITE_BUSY when another writer got in between,
+            // without waiting on the busy timeout.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+            {
+                let mut stmt = tx.prepare_cached(sql).map_err(err)?;
+                for i in group {
+                    bind(&mut stmt, i).map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn count(&self) -> Result<u64> {
         let mut n = 0u64;
         for s in 0..self.shards.len() {
@@ -207,30 +236,11 @@ impl Index for LocalIndex {
 
     fn register(&self, entries: &[IndexEntry]) -> Result<()> {
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
-        for (s, group) in by_shard(&ids, self.shards.len() as u32).into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let (mut conn, path) = self.shard(s)?;
-            let err = |source| Error::Index { path: path.clone(), source };
-            // Take the write lock up front: a deferred transaction that upgrades from read to
-            // write fails at once with SQLITE_BUSY when another writer got in between,
-            // without waiting on the busy timeout.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO chunks (id, raw_len, stored_len) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(err)?;
-                for i in group {
-                    let e = &entries[i];
-                    stmt.execute(params![&e.id.0[..], e.raw_len as i64, e.stored_len as i64])
-                        .map_err(err)?;
-                }
-            }
-            tx.commit().map_err(err)?;
-        }
+        let sql = "INSERT OR IGNORE INTO chunks (id, raw_len, stored_len) VALUES (?1, ?2, ?3)";
+        self.insert_by_shard(&ids, sql, |stmt, i| {
+            let e = &entries[i];
+            stmt.execute(params![&e.id.0[..], e.raw_len as i64, e.stored_len as i64])
+        })?;
         let mut filter = self.filter_guard()?;
         let filter = filter.as_mut().expect("filter loaded");
         entries.iter().for_each(|e| filter.insert(&e.id));
@@ -276,25 +286,10 @@ impl Index for LocalIndex {
 
     fn register_files(&self, files: &[FileEntry]) -> Result<()> {
         let hashes: Vec<ChunkId> = files.iter().map(|f| f.hash).collect();
-        for (s, group) in by_shard(&hashes, self.shards.len() as u32).into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let (mut conn, path) = self.shard(s)?;
-            let err = |source| Error::Index { path: path.clone(), source };
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached("INSERT OR IGNORE INTO files (hash, content) VALUES (?1, ?2)")
-                    .map_err(err)?;
-                for i in group {
-                    stmt.execute(params![&files[i].hash.0[..], encode_slices(&files[i].content)])
-                        .map_err(err)?;
-                }
-            }
-            tx.commit().map_err(err)?;
-        }
-        Ok(())
+        let sql = "INSERT OR IGNORE INTO files (hash, content) VALUES (?1, ?2)";
+        self.insert_by_shard(&hashes, sql, |stmt, i| {
+            stmt.execute(params![&files[i].hash.0[..], encode_slices(&files[i].content)])
+        })
     }
 
     fn rebuild(&self, chunks: &[IndexEntry], files: &[FileEntry]) -> Result<()> {
