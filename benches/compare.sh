@@ -21,6 +21,7 @@
 #   TESSERA_INIT_ARGS=""       extra `tessera init` args, e.g. "--chunk-avg 2MiB"
 #   SKIP_BUILD=1               do not run `cargo build --release`
 #   TESSERA_BIN=PATH           measure this binary instead of target/release/tessera
+#   TESSERA_REV=TEXT           what to call that binary's version (e.g. its commit)
 #   FIRST_ROUND=1              number of the first round (to add rounds to an
 #                              existing RESULTS_DIR; the table uses them all)
 #   BENCH_TMP                  passed through to anchors.sh (temp repos, staging)
@@ -55,8 +56,12 @@ fi
 cp "${TESSERA_BIN:-$ROOT/target/release/tessera}" "$RESULTS_DIR/bin/tessera.new"
 mv -f "$RESULTS_DIR/bin/tessera.new" "$RESULTS_DIR/bin/tessera"
 TBIN=$RESULTS_DIR/bin/tessera
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if ! git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null; then REV="$REV+dirty"; fi
+if [[ -n "${TESSERA_BIN:-}" ]]; then
+  REV=${TESSERA_REV:-"unknown ($TESSERA_BIN)"}
+else
+  REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if ! git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null; then REV="$REV+dirty"; fi
+fi
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
