@@ -1,12 +1,13 @@
 //! The backup pipeline.
 //!
 //! ```text
-//! walker ──large files──> readers (2) ─┐
+//! walker ──large files──> reader (1) ──┐
 //!    │   ──small files──> packer (1) ──┼─chunks─> workers (2): dedup check, compress, store
-//!    └──directory records──> tree builder: waits for file contents, stores trees
+//!    └──directory records──> tree builder: waits for file contents, places or stores trees
 //! ```
 //! Every queue that carries data is bounded, so a slow store slows the walk (invariant 8).
-//! Readers chunk and fingerprint; a file's chunk list is known as soon as it is read.
+//! The reader and the packer chunk and fingerprint (the reader a few chunks at a time in
+//! parallel, with rayon), so a file's chunk list is known as soon as it is read.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
@@ -18,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use rayon::prelude::*;
 
 use crate::chunker::StreamPacker;
 use crate::error::{Error, IoContext, Result};
@@ -31,6 +33,8 @@ use crate::walk::{Excludes, node_from_metadata};
 /// One reader chunks and hashes at about twice the rate two workers compress, so a second
 /// would only add buffers in flight.
 const READERS: usize = 1;
+/// Chunks a reader fingerprints at once, in parallel (rayon).
+const HASH_BATCH: usize = 2;
 const WORKERS: usize = 2;
 const CHUNK_QUEUE: usize = 2;
 const FILE_QUEUE: usize = 256;
@@ -313,7 +317,7 @@ struct BufferPool(Mutex<Vec<Vec<u8>>>);
 
 impl BufferPool {
     /// Enough for every buffer that can be in flight at once.
-    const KEEP: usize = CHUNK_QUEUE + WORKERS * WORKER_BATCH + READERS;
+    const KEEP: usize = CHUNK_QUEUE + WORKERS * WORKER_BATCH + READERS * HASH_BATCH;
 
     fn take(&self) -> Vec<u8> {
         self.0.lock().expect("poisoned").pop().unwrap_or_default()
@@ -450,20 +454,29 @@ fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJo
             let mut chunks = cutter.chunks(File::open(&job.path)?, job.size);
             let mut slices = Vec::new();
             loop {
-                let mut data = pool.take();
-                if !chunks.next_into(&mut data)? {
-                    pool.give(data);
-                    break;
+                // Cut a few chunks, then fingerprint them in parallel before handing them on.
+                let mut batch = Vec::with_capacity(HASH_BATCH);
+                while batch.len() < HASH_BATCH {
+                    let mut data = pool.take();
+                    if !chunks.next_into(&mut data)? {
+                        pool.give(data);
+                        break;
+                    }
+                    batch.push(data);
                 }
-                let id = repo.hash(&data);
-                slices.push(Slice(id, 0, data.len() as u32));
-                live.bytes.fetch_add(data.len() as u64, Relaxed);
-                live.read_bytes.fetch_add(data.len() as u64, Relaxed);
-                if tx.send(ChunkJob { id, data }).is_err() {
-                    break;
+                if batch.is_empty() {
+                    return Ok(slices);
+                }
+                let ids: Vec<ChunkId> = batch.par_iter().map(|d| repo.hash(d)).collect();
+                for (id, data) in ids.into_iter().zip(batch) {
+                    slices.push(Slice(id, 0, data.len() as u32));
+                    live.bytes.fetch_add(data.len() as u64, Relaxed);
+                    live.read_bytes.fetch_add(data.len() as u64, Relaxed);
+                    if tx.send(ChunkJob { id, data }).is_err() {
+                        return Ok(slices); // the pipeline failed; its error is reported there
+                    }
                 }
             }
-            Ok(slices)
         })();
         let content = match result {
             Ok(slices) => {

@@ -265,3 +265,90 @@ impl Snapshot {
         serde_json::to_vec_pretty(self).expect("snapshots always serialize")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = RawBytes> {
+        // Any bytes a Linux name may hold: no '/', no NUL, not "." or "..", not empty;
+        // includes invalid UTF-8 so the {"hex": ...} form is exercised.
+        proptest::collection::vec(1u8..=255, 1..12)
+            .prop_filter("a name", |b| !b.contains(&b'/') && b != b"." && b != b"..")
+            .prop_map(RawBytes)
+    }
+
+    fn blank(name: RawBytes, kind: NodeType) -> Node {
+        Node {
+            name,
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            hash: None,
+            links: None,
+            content: Vec::new(),
+            subtree: None,
+            entries: None,
+            target: None,
+            rdev: 0,
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn leaf() -> impl Strategy<Value = Node> {
+        let slices = prop::collection::vec((any::<[u8; 32]>(), any::<u32>(), any::<u32>()), 0..3);
+        (name(), 0u32..0o10000, any::<u32>(), any::<i64>(), any::<u64>(), prop::option::of(any::<[u8; 32]>()), slices).prop_map(
+            |(name, mode, uid, mtime_ns, size, hash, content)| Node {
+                mode,
+                uid,
+                mtime_ns,
+                size,
+                hash: hash.map(ChunkId),
+                content: content.into_iter().map(|(id, off, len)| Slice(ChunkId(id), off, len)).collect(),
+                ..blank(name, NodeType::File)
+            },
+        )
+    }
+
+    /// Files, and directories whose entries are inline or in a (named) tree chunk.
+    fn node() -> impl Strategy<Value = Node> {
+        leaf().prop_recursive(3, 24, 4, |inner| {
+            (name(), prop::collection::vec(inner, 0..4), prop::option::of(any::<[u8; 32]>())).prop_map(|(name, children, chunk)| {
+                let mut dir = blank(name, NodeType::Dir);
+                match chunk {
+                    Some(id) => dir.subtree = Some(ChunkId(id)),
+                    None => dir.entries = Some(dedup_sorted(children)),
+                }
+                dir
+            })
+        })
+    }
+
+    fn dedup_sorted(mut nodes: Vec<Node>) -> Vec<Node> {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes.dedup_by(|a, b| a.name == b.name);
+        nodes
+    }
+
+    proptest! {
+        /// Any valid tree survives serialization unchanged, and serializing is deterministic:
+        /// the same entries in any order give the same bytes (invariant 9).
+        #[test]
+        fn trees_round_trip_deterministically(entries in prop::collection::vec(node(), 0..6)) {
+            let flat = dedup_sorted(entries);
+            let mut shuffled = flat.clone();
+            shuffled.reverse();
+            let tree = Tree::new(flat);
+            let bytes = tree.to_bytes();
+            prop_assert_eq!(Tree::new(shuffled).to_bytes(), bytes.clone());
+            let id = crate::fingerprint::HashAlgo::Blake3.hash(&bytes);
+            prop_assert_eq!(Tree::from_bytes(&id, &bytes).unwrap(), tree);
+        }
+    }
+}
