@@ -61,7 +61,8 @@ fn tick(in_bytes: bool, render: &Render, done: &AtomicBool) {
 pub fn with_backup_bar<T>(show: bool, opts: &BackupOptions, live: &LiveStats, work: impl FnOnce() -> T) -> T {
     let render = || {
         let (done, new) = (live.bytes.load(Relaxed), live.new_bytes.load(Relaxed));
-        let dedup = if done > 0 { 100.0 * (1.0 - new as f64 / done as f64) } else { 0.0 };
+        // New bytes include trees, so early on they can exceed the file bytes done.
+        let dedup = if done > 0 { (100.0 * (1.0 - new as f64 / done as f64)).max(0.0) } else { 0.0 };
         let msg = format!(
             "{}/{} files, {} new ({dedup:.0}% deduplicated)",
             live.files.load(Relaxed),
