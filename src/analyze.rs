@@ -6,7 +6,8 @@
 //! `StreamPacker` stream per backup run, a small file whose whole-content hash was already
 //! seen (this run or an earlier version) not packed again, and chunks deduplicated by id.
 //! So `unique_bytes` and `unique_chunks` equal the data chunks a real backup stores. Trees
-//! (one chunk per directory) are counted separately in `trees` and `objects`.
+//! (directories too large to go inline in their parent, and the root) are estimated as an
+//! upper bound and counted separately in `trees` and `objects`.
 //!
 //! Memory: one id and one length per distinct chunk, one hash per distinct small file, and
 //! a bounded batch of chunk data per configuration; never the data itself.
@@ -27,6 +28,7 @@ use serde::Serialize;
 
 pub use plot::write_plot;
 
+use crate::backup::{INLINE_TREE_BYTES, MAX_INLINE_DEPTH};
 use crate::chunker::{ChunkerParams, Cutter, StreamPacker, parse_size};
 use crate::error::{Error, IoContext, Result, invalid};
 use crate::fingerprint::{ChunkId, HashAlgo};
@@ -118,7 +120,8 @@ pub struct Figures {
     pub chunk_sizes: ChunkSizes,
     /// Distinct small files: rows of the index's small-file table.
     pub small_files: u64,
-    /// Tree chunks, one per directory backed up (an upper bound: identical trees dedup).
+    /// Tree chunks: directories too large to go inline in their parent, plus the root (an
+    /// upper bound: node sizes are overestimated and identical trees dedup).
     pub trees: u64,
     /// Objects in the store: distinct data chunks plus trees.
     pub objects: u64,
@@ -300,6 +303,12 @@ fn run_config(
     })
 }
 
+/// Upper bounds of a tree node's serialized size (a file node with its whole-content hash and
+/// long times is about 300 bytes; each content slice about 90), so that the tree estimate
+/// stays an upper bound of what a backup creates.
+const NODE_BYTES_BOUND: u64 = 512;
+const SLICE_BYTES_BOUND: u64 = 128;
+
 /// Running totals (the parts of `Figures` that are plain sums).
 #[derive(Clone, Default)]
 struct Totals {
@@ -354,13 +363,16 @@ impl<'a> Model<'a> {
 
     /// One backup run: a fresh packed stream, the repository's state carried over.
     fn backup_run(&mut self, sources: &[PathBuf]) -> Result<()> {
-        // The walk starts at `/`: every directory above a source gets a tree too.
+        // The walk starts at `/`, whose tree is always a chunk; the directories between it
+        // and the sources hold one entry each, so they are inline but for the depth cap.
         let above: BTreeSet<&Path> = sources.iter().flat_map(|s| s.ancestors().skip(1)).collect();
-        self.totals.trees += above.len() as u64;
+        self.totals.trees += 1 + above.len() as u64 / MAX_INLINE_DEPTH as u64;
         let mut packer = StreamPacker::new(self.cutter, self.algo);
         for source in sources {
             match fs::symlink_metadata(source) {
-                Ok(meta) => self.visit(source, &meta, &mut packer)?,
+                Ok(meta) => {
+                    self.visit(source, &meta, &mut packer)?;
+                }
                 Err(e) => self.warn(source, format!("could not stat: {e}")),
             }
         }
@@ -371,43 +383,57 @@ impl<'a> Model<'a> {
         Ok(())
     }
 
-    fn visit(&mut self, path: &Path, meta: &fs::Metadata, packer: &mut StreamPacker) -> Result<()> {
+    /// Models one entry; returns an upper bound of what its node adds to its parent's tree
+    /// (bytes, levels of inline directories), so directories are placed as a backup would:
+    /// inline in the parent when small, a tree chunk of their own otherwise.
+    fn visit(&mut self, path: &Path, meta: &fs::Metadata, packer: &mut StreamPacker) -> Result<(u64, usize)> {
         if meta.is_dir() {
             self.totals.dirs += 1;
-            self.totals.trees += 1;
-            return self.walk_dir(path, packer);
+            let (bytes, depth) = self.walk_dir(path, packer)?;
+            if bytes >= INLINE_TREE_BYTES as u64 || depth >= MAX_INLINE_DEPTH {
+                self.totals.trees += 1;
+                return Ok((NODE_BYTES_BOUND, 0));
+            }
+            return Ok((NODE_BYTES_BOUND + bytes, depth + 1));
         }
         if !meta.is_file() {
-            return Ok(()); // symlinks, devices, FIFOs: metadata only, as in a backup
+            return Ok((NODE_BYTES_BOUND, 0)); // symlinks, devices, FIFOs: metadata only
         }
-        if meta.len() == 0 {
+        let slices = if meta.len() == 0 {
             self.totals.files += 1;
+            0
         } else if meta.len() < self.cutter.small_file_limit() {
             self.small_file(path, packer);
+            2
         } else {
-            self.large_file(path, meta.len());
-        }
-        Ok(())
+            self.large_file(path, meta.len())
+        };
+        Ok((NODE_BYTES_BOUND + slices * SLICE_BYTES_BOUND, 0))
     }
 
     /// Entries in byte order of their names, depth first: the order `backup` packs in.
-    fn walk_dir(&mut self, dir: &Path, packer: &mut StreamPacker) -> Result<()> {
+    fn walk_dir(&mut self, dir: &Path, packer: &mut StreamPacker) -> Result<(u64, usize)> {
         let mut names: Vec<std::ffi::OsString> = match fs::read_dir(dir) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
             Err(e) => {
                 self.warn(dir, format!("could not list directory: {e}"));
-                return Ok(());
+                return Ok((0, 0));
             }
         };
         names.sort();
+        let (mut bytes, mut depth) = (0, 0);
         for name in names {
             let child = dir.join(&name);
             match fs::symlink_metadata(&child) {
-                Ok(meta) => self.visit(&child, &meta, packer)?,
+                Ok(meta) => {
+                    let (b, d) = self.visit(&child, &meta, packer)?;
+                    bytes += b;
+                    depth = depth.max(d);
+                }
                 Err(e) => self.warn(&child, format!("could not stat: {e}")),
             }
         }
-        Ok(())
+        Ok((bytes, depth))
     }
 
     /// A small file joins the packed stream unless its exact bytes are already stored.
@@ -431,22 +457,32 @@ impl<'a> Model<'a> {
         }
     }
 
-    fn large_file(&mut self, path: &Path, size: u64) {
+    /// Returns the number of chunks (slices in the file's node).
+    fn large_file(&mut self, path: &Path, size: u64) -> u64 {
         let file = match File::open(path) {
             Ok(f) => f,
-            Err(e) => return self.warn(path, format!("could not read file: {e}")),
+            Err(e) => {
+                self.warn(path, format!("could not read file: {e}"));
+                return 0;
+            }
         };
+        let mut slices = 0;
         for data in self.cutter.chunks(file, size) {
             match data {
                 Ok(data) => {
                     self.read(data.len());
                     self.add(None, data);
+                    slices += 1;
                 }
                 // Chunks read before the error stay stored, as in a backup.
-                Err(e) => return self.warn(path, format!("could not read file: {e}")),
+                Err(e) => {
+                    self.warn(path, format!("could not read file: {e}"));
+                    return slices;
+                }
             }
         }
         self.totals.files += 1;
+        slices
     }
 
     fn read(&mut self, n: usize) {

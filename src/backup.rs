@@ -41,10 +41,10 @@ const FILE_QUEUE: usize = 256;
 const WORKER_BATCH: usize = 2;
 /// Directories whose serialized entries (inline subdirectories included) are smaller than
 /// this are stored inline in their parent's tree rather than as a tree chunk of their own.
-const INLINE_TREE_BYTES: usize = 32 << 10;
+pub(crate) const INLINE_TREE_BYTES: usize = 32 << 10;
 /// Inline directories nest in the tree's JSON, and readers bound nesting depth (serde_json
 /// stops at 128 levels, about 60 directories): deeper chains get tree chunks of their own.
-const MAX_INLINE_DEPTH: usize = 24;
+pub(crate) const MAX_INLINE_DEPTH: usize = 24;
 /// Small files read, hashed and looked up in the index together: at most this many files
 /// and about this many bytes.
 const PACK_BATCH: usize = 64;

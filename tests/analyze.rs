@@ -311,3 +311,25 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
     assert!(!svg.exists(), "nothing written on bad input");
     assert_eq!(fs::read_dir(env.dir.path()).unwrap().count(), 1, "only the source dir exists");
 }
+
+/// Small directories go inline into their parent's tree, so 200 one-file directories make
+/// two tree chunks (their parent, too big to inline, and the root), not 201; the estimate
+/// must say so, and must stay an upper bound of what a real backup creates.
+#[test]
+fn small_directories_are_estimated_inline() {
+    let env = Env::new();
+    for i in 0..200 {
+        write(&env.path(&format!("t/d{i:03}/f")), format!("file {i}").as_bytes());
+    }
+    let r = analyze(&[&env.path("t")], &["--chunker", "fastcdc:64KiB"]);
+    let t = &r["configs"][0]["total"];
+    assert_eq!(u(&t["dirs"]), 201);
+    let estimate = u(&t["trees"]);
+    assert!((2..=4).contains(&estimate), "trees estimate {estimate}");
+
+    env.init(&["--chunk-avg", "64KiB"]);
+    ok(tessera(&env.repo()).arg("backup").arg(env.path("t")));
+    let stats: Value = serde_json::from_str(&ok(tessera(&env.repo()).args(["stats", "--json"]))).unwrap();
+    let real = u(&stats["tree_chunks"]);
+    assert!(real >= 2 && real <= estimate, "real trees {real}, estimate {estimate}");
+}
