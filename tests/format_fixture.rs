@@ -89,6 +89,30 @@ fn lorem() -> Vec<u8> {
         .into_bytes()
 }
 
+/// A restored fixture file: exact bytes, mode and nanosecond mtime.
+fn check_file(data: &Path, rel: &Path, bytes: &[u8], mode: u32) {
+    let p = data.join(rel);
+    assert_eq!(fs::read(&p).unwrap(), bytes, "{}", p.display());
+    let m = fs::symlink_metadata(&p).unwrap();
+    assert!(m.is_file());
+    assert_eq!(m.mode() & 0o7777, mode, "{}", p.display());
+    assert_eq!(m.mtime() * 1_000_000_000 + m.mtime_nsec(), MTIME, "{}", p.display());
+}
+
+/// The files both fixtures hold, restored below `target`; returns their directory.
+fn check_common_files(target: &Path) -> PathBuf {
+    let data = target.join("tmp/tessera-fixture/data");
+    check_file(&data, Path::new(OsStr::from_bytes(NON_UTF8_NAME)), b"latin-1 name\n", 0o600);
+    check_file(&data, Path::new("hello.txt"), &hello(), 0o644);
+    check_file(&data, Path::new("copy-of-hello.txt"), &hello(), 0o644);
+    check_file(&data, Path::new("empty"), b"", 0o640);
+    check_file(&data, Path::new("hardlink-a"), b"linked\n", 0o640);
+    check_file(&data, Path::new("sub/hardlink-b"), b"linked\n", 0o640);
+    check_file(&data, Path::new("sub/lorem.txt"), &lorem(), 0o644);
+    check_file(&data, Path::new("sub/random.bin"), &random_bin(), 0o600);
+    data
+}
+
 /// Exactly what scripts/make-fixture.sh writes to random.bin (xorshift64).
 fn random_bin() -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -413,25 +437,8 @@ fn restore_reproduces_the_fixture_files() {
     assert_eq!((report.files, report.dirs, report.others), (8, 4, 2));
     assert_eq!(report.bytes, 13 + 15 + 15 + 7 + 5500 + 1500);
 
-    let data = target.join("tmp/tessera-fixture/data");
-    let name = OsStr::from_bytes(NON_UTF8_NAME);
+    let data = check_common_files(&target);
     let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
-    let check_file = |rel: &Path, bytes: &[u8], mode: u32| {
-        let p = data.join(rel);
-        assert_eq!(fs::read(&p).unwrap(), bytes, "{}", p.display());
-        let m = meta(&p);
-        assert!(m.is_file());
-        assert_eq!(m.mode() & 0o7777, mode, "{}", p.display());
-        assert_eq!(m.mtime() * 1_000_000_000 + m.mtime_nsec(), MTIME, "{}", p.display());
-    };
-    check_file(Path::new(name), b"latin-1 name\n", 0o600);
-    check_file(Path::new("hello.txt"), &hello(), 0o644);
-    check_file(Path::new("copy-of-hello.txt"), &hello(), 0o644);
-    check_file(Path::new("empty"), b"", 0o640);
-    check_file(Path::new("hardlink-a"), b"linked\n", 0o640);
-    check_file(Path::new("sub/hardlink-b"), b"linked\n", 0o640);
-    check_file(Path::new("sub/lorem.txt"), &lorem(), 0o644);
-    check_file(Path::new("sub/random.bin"), &random_bin(), 0o600);
     assert_eq!(meta(&data.join("hardlink-a")).ino(), meta(&data.join("sub/hardlink-b")).ino());
     assert_ne!(meta(&data.join("hello.txt")).ino(), meta(&data.join("copy-of-hello.txt")).ino());
     if let Ok(Some(v)) = xattr::get(data.join("hello.txt"), "user.comment") {
@@ -471,7 +478,7 @@ fn restore_reproduces_the_fixture_files() {
     ]
     .iter()
     .map(PathBuf::from)
-    .chain([PathBuf::from(name)])
+    .chain([PathBuf::from(OsStr::from_bytes(NON_UTF8_NAME))])
     .collect();
     want.sort();
     assert_eq!(all, want);
@@ -1219,29 +1226,12 @@ fn v2_restore_reproduces_the_fixture_files() {
     assert_eq!((report.files, report.dirs, report.others), (129, 7, 2));
     assert_eq!(report.bytes, 13 + 15 + 15 + 7 + 5500 + 1500 + 120 * 13 + 5);
 
-    let data = target.join("tmp/tessera-fixture/data");
-    let name = OsStr::from_bytes(NON_UTF8_NAME);
+    let data = check_common_files(&target);
     let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
-    let check_file = |rel: &Path, bytes: &[u8], mode: u32| {
-        let p = data.join(rel);
-        assert_eq!(fs::read(&p).unwrap(), bytes, "{}", p.display());
-        let m = meta(&p);
-        assert!(m.is_file());
-        assert_eq!(m.mode() & 0o7777, mode, "{}", p.display());
-        assert_eq!(m.mtime() * 1_000_000_000 + m.mtime_nsec(), MTIME, "{}", p.display());
-    };
-    check_file(Path::new(name), b"latin-1 name\n", 0o600);
-    check_file(Path::new("hello.txt"), &hello(), 0o644);
-    check_file(Path::new("copy-of-hello.txt"), &hello(), 0o644);
-    check_file(Path::new("empty"), b"", 0o640);
-    check_file(Path::new("hardlink-a"), b"linked\n", 0o640);
-    check_file(Path::new("sub/hardlink-b"), b"linked\n", 0o640);
-    check_file(Path::new("sub/lorem.txt"), &lorem(), 0o644);
-    check_file(Path::new("sub/random.bin"), &random_bin(), 0o600);
     for i in 0..120 {
-        check_file(&PathBuf::from(format!("big/file-{i:03}.txt")), &big_file(i), 0o644);
+        check_file(&data, &PathBuf::from(format!("big/file-{i:03}.txt")), &big_file(i), 0o644);
     }
-    check_file(Path::new("big/nested/deep.txt"), b"deep\n", 0o644);
+    check_file(&data, Path::new("big/nested/deep.txt"), b"deep\n", 0o644);
     assert_eq!(meta(&data.join("hardlink-a")).ino(), meta(&data.join("sub/hardlink-b")).ino());
     assert_eq!(fs::read_link(data.join("link")).unwrap(), Path::new("hello.txt"));
     assert!(meta(&data.join("pipe")).file_type().is_fifo());
@@ -1282,7 +1272,7 @@ fn v2_restore_reproduces_the_fixture_files() {
     .iter()
     .map(PathBuf::from)
     .chain((0..120).map(|i| PathBuf::from(format!("big/file-{i:03}.txt"))))
-    .chain([PathBuf::from(name)])
+    .chain([PathBuf::from(OsStr::from_bytes(NON_UTF8_NAME))])
     .collect();
     want.sort();
     assert_eq!(all, want);
