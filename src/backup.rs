@@ -38,7 +38,7 @@ const HASH_BATCH: usize = 2;
 const WORKERS: usize = 2;
 const CHUNK_QUEUE: usize = 2;
 const FILE_QUEUE: usize = 256;
-const WORKER_BATCH: usize = 2;
+const WORKER_BATCH: usize = 1;
 /// Directories whose serialized entries (inline subdirectories included) are smaller than
 /// this are stored inline in their parent's tree rather than as a tree chunk of their own.
 pub(crate) const INLINE_TREE_BYTES: usize = 32 << 10;
@@ -48,7 +48,7 @@ pub(crate) const MAX_INLINE_DEPTH: usize = 24;
 /// Small files read, hashed and looked up in the index together: at most this many files
 /// and about this many bytes.
 const PACK_BATCH: usize = 64;
-const PACK_BATCH_BYTES: u64 = 4 << 20;
+const PACK_BATCH_BYTES: u64 = 1 << 20;
 /// New chunks are made durable and registered in the index at least this often. Each flush
 /// waits for the disk, so it is rare; chunks stored but not yet registered when a run dies
 /// are found in the store and reused by the next run.

@@ -192,7 +192,7 @@ fn open_shard_writable(path: &Path) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(600)).map_err(err)?;
     // Lookups are point queries spread over many shards: a small page cache per shard keeps
     // memory flat (SQLite's default is 2 MiB per connection).
-    conn.pragma_update(None, "cache_size", -256).map_err(err)?;
+    conn.pragma_update(None, "cache_size", -64).map_err(err)?;
     // Set-up writes happen once, when the shard is new (normally at `init`): changing the
     // journal mode is not covered by the busy timeout, so concurrent opens must not do it.
     if check_version(&conn, path)? == 0 {
