@@ -10,6 +10,8 @@
 //! version gets a new fixture directory next to these, and the old ones must keep passing
 //! (repo-v1 is the guarantee that version 1 trees are still read and restored exactly).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -113,17 +115,10 @@ fn check_common_files(target: &Path) -> PathBuf {
     data
 }
 
-/// Exactly what scripts/make-fixture.sh writes to random.bin (xorshift64).
+/// Exactly what scripts/make-fixture.sh writes to random.bin: the shared xorshift64 stream
+/// with seed 1 (state 0x9E37_79B9_7F4A_7C15).
 fn random_bin() -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..1500)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    common::random_bytes(1, 1500)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
