@@ -2,24 +2,25 @@
 //!
 //! ```text
 //! walker ──large files──> reader (1) ──┐
-//!    │   ──small files──> packer (1) ──┼─chunks─> workers (2): dedup check, compress, store
+//!    │   ──small files──> packer (1) ──┼─chunks─> workers (2): fingerprint, dedup check,
+//!    │                                 │          compress, store
 //!    └──directory records──> tree builder: waits for file contents, places or stores trees
 //! ```
 //! Every queue that carries data is bounded, so a slow store slows the walk (invariant 8).
-//! The reader and the packer chunk and fingerprint (the reader a few chunks at a time in
-//! parallel, with rayon), so a file's chunk list is known as soon as it is read.
+//! The reader only reads and cuts; the workers fingerprint a large file's chunks in parallel
+//! and fill in its chunk list, which is complete once the last of them is hashed. The
+//! packer fingerprints its stream chunks itself, since packed files' slices name them.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::{AcqRel, Acquire, Relaxed, Release}};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use rayon::prelude::*;
 
 use crate::chunker::StreamPacker;
 use crate::error::{Error, IoContext, Result};
@@ -30,11 +31,9 @@ use crate::repo::Repository;
 use crate::store::object;
 use crate::walk::{Excludes, node_from_metadata};
 
-/// One reader chunks and hashes at about twice the rate two workers compress, so a second
-/// would only add buffers in flight.
+/// One reader reads and cuts at several times the rate two workers fingerprint and
+/// compress, so a second would only add buffers in flight.
 const READERS: usize = 1;
-/// Chunks a reader fingerprints at once, in parallel (rayon).
-const HASH_BATCH: usize = 2;
 const WORKERS: usize = 2;
 const CHUNK_QUEUE: usize = 2;
 const FILE_QUEUE: usize = 256;
@@ -49,10 +48,11 @@ pub(crate) const MAX_INLINE_DEPTH: usize = 24;
 /// and about this many bytes.
 const PACK_BATCH: usize = 64;
 const PACK_BATCH_BYTES: u64 = 1 << 20;
-/// New chunks are made durable and registered in the index at least this often. Each flush
-/// waits for the disk, so it is rare; chunks stored but not yet registered when a run dies
+/// A syncer thread makes new chunks durable and registers them in the index each time this
+/// much has been stored: the wait for the disk (and its write cache) overlaps the work
+/// instead of all coming at the end. Chunks stored but not yet registered when a run dies
 /// are found in the store and reused by the next run.
-const REGISTER_EVERY_BYTES: u64 = 4 << 30;
+const SYNC_EVERY_BYTES: u64 = 64 << 20;
 /// Whole-file dedup of small files within one run remembers at most this many files.
 const SMALL_DEDUP_CAP: usize = 1 << 20;
 
@@ -108,7 +108,8 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         deduper,
         dry_run: opts.dry_run,
         live,
-        pending: Mutex::new((Vec::new(), 0)),
+        pending: Mutex::new(Unsynced::default()),
+        sync_wanted: Condvar::new(),
         pending_files: Mutex::new(Vec::new()),
         pool: BufferPool::default(),
         failure: Mutex::new(None),
@@ -134,6 +135,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         let packer = Packer::new(repo, &sink, chunk_tx);
         s.spawn(|| packer.run(small_rx, &warnings, live));
         let builder = s.spawn(|| build_trees(&sink, dir_rx, &counts));
+        let syncer = s.spawn(|| sink.run_syncer());
         let mut walker = Walker {
             opts,
             excludes: &excludes,
@@ -149,6 +151,8 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         let walked = walker.walk_root(&sources, parent_tree);
         drop(walker);
         let root = builder.join().expect("tree builder panicked");
+        sink.stop_syncer();
+        syncer.join().expect("syncer panicked");
         walked?;
         root
     });
@@ -278,8 +282,59 @@ struct FileJob {
 }
 
 struct ChunkJob {
-    id: ChunkId,
     data: Vec<u8>,
+    source: ChunkSource,
+}
+
+enum ChunkSource {
+    /// A packed stream's chunk, already fingerprinted.
+    Packed(ChunkId),
+    /// Chunk `index` of a large file: the worker fingerprints it.
+    File(Arc<LargeFile>, usize),
+}
+
+/// A large file's chunk list while its chunks are in the pipeline.
+struct LargeFile {
+    content: Pending<Content>,
+    /// Each chunk's id (once fingerprinted) and length.
+    chunks: Mutex<Vec<(Option<ChunkId>, u32)>>,
+    /// Chunks not yet fingerprinted, plus one while the reader is still cutting.
+    outstanding: AtomicUsize,
+    unreadable: AtomicBool,
+}
+
+impl LargeFile {
+    fn new(content: Pending<Content>) -> Self {
+        LargeFile { content, chunks: Mutex::new(Vec::new()), outstanding: AtomicUsize::new(1), unreadable: AtomicBool::new(false) }
+    }
+
+    /// Slot for the next chunk, counted as outstanding.
+    fn add_chunk(&self, len: usize) -> usize {
+        self.outstanding.fetch_add(1, AcqRel);
+        let mut chunks = self.chunks.lock().expect("poisoned");
+        chunks.push((None, len as u32));
+        chunks.len() - 1
+    }
+
+    fn set_id(&self, index: usize, id: ChunkId) {
+        self.chunks.lock().expect("poisoned")[index].0 = Some(id);
+        self.release();
+    }
+
+    /// The last release (a chunk fingerprinted, or the reader done) settles the content.
+    fn release(&self) {
+        if self.outstanding.fetch_sub(1, AcqRel) != 1 {
+            return;
+        }
+        let content = if self.unreadable.load(Acquire) {
+            None
+        } else {
+            let chunks = std::mem::take(&mut *self.chunks.lock().expect("poisoned"));
+            let slices = chunks.into_iter().map(|(id, len)| Slice(id.expect("every chunk fingerprinted"), 0, len)).collect();
+            Some(FileContent { slices, hash: None })
+        };
+        self.content.set(content);
+    }
 }
 
 enum Entry {
@@ -317,7 +372,7 @@ struct BufferPool(Mutex<Vec<Vec<u8>>>);
 
 impl BufferPool {
     /// Enough for every buffer that can be in flight at once.
-    const KEEP: usize = CHUNK_QUEUE + WORKERS * WORKER_BATCH + READERS * HASH_BATCH;
+    const KEEP: usize = CHUNK_QUEUE + WORKERS * WORKER_BATCH + READERS;
 
     fn take(&self) -> Vec<u8> {
         self.0.lock().expect("poisoned").pop().unwrap_or_default()
@@ -331,14 +386,24 @@ impl BufferPool {
     }
 }
 
+/// Chunks stored but not yet durable and registered.
+#[derive(Default)]
+struct Unsynced {
+    entries: Vec<IndexEntry>,
+    /// Their stored bytes.
+    bytes: u64,
+    stopped: bool,
+}
+
 /// Where chunks end up: dedup check, store, and registration in the index once durable.
 struct Sink<'a> {
     repo: &'a Repository,
     deduper: Deduper,
     dry_run: bool,
     live: &'a LiveStats,
-    /// Entries stored but not yet registered, and their stored bytes.
-    pending: Mutex<(Vec<IndexEntry>, u64)>,
+    pending: Mutex<Unsynced>,
+    /// Tells the syncer that enough is pending, or that the run is over.
+    sync_wanted: Condvar,
     /// Small files packed by this run, registered only once the run's chunks all are.
     pending_files: Mutex<Vec<FileEntry>>,
     pool: BufferPool,
@@ -350,21 +415,33 @@ impl Sink<'_> {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             batch.extend(rx.try_iter().take(WORKER_BATCH - 1));
+            // Fingerprinted even after a failure, so that every file settles and producers
+            // never block on a dead pipeline.
+            let ids: Vec<ChunkId> = batch.iter().map(|job| self.fingerprint(job)).collect();
             if self.failure.lock().expect("poisoned").is_none()
-                && let Err(e) = self.store_batch(&batch)
+                && let Err(e) = self.store_batch(&batch, &ids)
             {
                 self.fail(e);
             }
-            // After a failure, keep draining so producers never block on a dead pipeline.
             batch.into_iter().for_each(|job| self.pool.give(job.data));
         }
     }
 
-    fn store_batch(&self, batch: &[ChunkJob]) -> Result<()> {
-        let ids: Vec<ChunkId> = batch.iter().map(|j| j.id).collect();
-        let upload = self.deduper.claim_missing(&ids)?;
-        for (job, _) in batch.iter().zip(upload).filter(|(_, u)| *u) {
-            self.store(&job.id, &job.data)?;
+    fn fingerprint(&self, job: &ChunkJob) -> ChunkId {
+        match &job.source {
+            ChunkSource::Packed(id) => *id,
+            ChunkSource::File(file, index) => {
+                let id = self.repo.hash(&job.data);
+                file.set_id(*index, id);
+                id
+            }
+        }
+    }
+
+    fn store_batch(&self, batch: &[ChunkJob], ids: &[ChunkId]) -> Result<()> {
+        let upload = self.deduper.claim_missing(ids)?;
+        for ((job, id), _) in batch.iter().zip(ids).zip(upload).filter(|(_, u)| *u) {
+            self.store(id, &job.data)?;
         }
         Ok(())
     }
@@ -386,23 +463,53 @@ impl Sink<'_> {
         if self.dry_run {
             return Ok(());
         }
-        let full = {
-            let mut p = self.pending.lock().expect("poisoned");
-            p.0.push(entry);
-            p.1 += entry.stored_len;
-            p.1 >= REGISTER_EVERY_BYTES
-        };
-        if full { self.flush_registrations() } else { Ok(()) }
+        let mut p = self.pending.lock().expect("poisoned");
+        p.entries.push(entry);
+        p.bytes += entry.stored_len;
+        if p.bytes >= SYNC_EVERY_BYTES {
+            self.sync_wanted.notify_one();
+        }
+        Ok(())
     }
 
-    /// Durable first, then registered (invariant 3).
+    fn run_syncer(&self) {
+        loop {
+            let mut p = self.pending.lock().expect("poisoned");
+            while p.bytes < SYNC_EVERY_BYTES && !p.stopped {
+                p = self.sync_wanted.wait(p).expect("poisoned");
+            }
+            if p.stopped {
+                return;
+            }
+            let entries = std::mem::take(&mut p.entries);
+            p.bytes = 0;
+            drop(p);
+            if let Err(e) = self.sync_and_register(&entries) {
+                self.fail(e);
+                return;
+            }
+        }
+    }
+
+    /// What is still pending when the syncer stops is left to `flush_registrations`.
+    fn stop_syncer(&self) {
+        self.pending.lock().expect("poisoned").stopped = true;
+        self.sync_wanted.notify_one();
+    }
+
     fn flush_registrations(&self) -> Result<()> {
-        let entries = std::mem::take(&mut *self.pending.lock().expect("poisoned")).0;
+        let entries = std::mem::take(&mut self.pending.lock().expect("poisoned").entries);
+        self.sync_and_register(&entries)
+    }
+
+    /// Durable first, then registered (invariant 3): only entries taken before the sync
+    /// started are known to be covered by it.
+    fn sync_and_register(&self, entries: &[IndexEntry]) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
         self.repo.store().sync()?;
-        self.repo.index().register(&entries)
+        self.repo.index().register(entries)
     }
 
     /// Called once every chunk of the run is stored and registered.
@@ -450,45 +557,34 @@ impl Sink<'_> {
 fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJob>, pool: &BufferPool, warnings: &Warnings, live: &LiveStats) {
     let cutter = repo.cutter();
     for job in rx {
-        let result = (|| -> std::io::Result<Vec<Slice>> {
+        let file = Arc::new(LargeFile::new(job.content.clone()));
+        let read = (|| -> std::io::Result<u64> {
             let mut chunks = cutter.chunks(File::open(&job.path)?, job.size);
-            let mut slices = Vec::new();
+            let mut total = 0;
             loop {
-                // Cut a few chunks, then fingerprint them in parallel before handing them on.
-                let mut batch = Vec::with_capacity(HASH_BATCH);
-                while batch.len() < HASH_BATCH {
-                    let mut data = pool.take();
-                    if !chunks.next_into(&mut data)? {
-                        pool.give(data);
-                        break;
-                    }
-                    batch.push(data);
+                let mut data = pool.take();
+                if !chunks.next_into(&mut data)? {
+                    pool.give(data);
+                    return Ok(total);
                 }
-                if batch.is_empty() {
-                    return Ok(slices);
-                }
-                let ids: Vec<ChunkId> = batch.par_iter().map(|d| repo.hash(d)).collect();
-                for (id, data) in ids.into_iter().zip(batch) {
-                    slices.push(Slice(id, 0, data.len() as u32));
-                    live.bytes.fetch_add(data.len() as u64, Relaxed);
-                    live.read_bytes.fetch_add(data.len() as u64, Relaxed);
-                    if tx.send(ChunkJob { id, data }).is_err() {
-                        return Ok(slices); // the pipeline failed; its error is reported there
-                    }
+                let len = data.len() as u64;
+                total += len;
+                live.bytes.fetch_add(len, Relaxed);
+                live.read_bytes.fetch_add(len, Relaxed);
+                let index = file.add_chunk(data.len());
+                if let Err(unsent) = tx.send(ChunkJob { data, source: ChunkSource::File(file.clone(), index) }) {
+                    // The pipeline failed (its error is reported there): settle the file.
+                    file.unreadable.store(true, Release);
+                    drop(unsent);
+                    file.release();
+                    return Ok(total);
                 }
             }
         })();
-        let content = match result {
-            Ok(slices) => {
-                check_read(&job, Ok(slices.iter().map(|s| s.len() as u64).sum()), warnings);
-                Some(FileContent { slices, hash: None })
-            }
-            Err(e) => {
-                check_read(&job, Err(e), warnings);
-                None
-            }
-        };
-        job.content.set(content);
+        if !check_read(&job, read, warnings) {
+            file.unreadable.store(true, Release);
+        }
+        file.release();
     }
 }
 
@@ -633,7 +729,7 @@ impl<'a> Packer<'a> {
                 break;
             };
             // A closed channel means the pipeline failed; the error is reported there.
-            let _ = self.tx.send(ChunkJob { id, data });
+            let _ = self.tx.send(ChunkJob { data, source: ChunkSource::Packed(id) });
         }
         while self.waiting.front().is_some_and(|w| w.end <= self.stream.cut_through()) {
             let w = self.waiting.pop_front().expect("front exists");

@@ -23,17 +23,20 @@ pub struct Config {
     pub index_shards: u32,
     /// zstd level for new chunks, 0 for none. Not part of chunk ids: repositories written
     /// with different levels deduplicate against each other.
-    /// Written only when it is not the default, so default configs read the same as before.
-    #[serde(default = "default_level", skip_serializing_if = "is_default_level")]
+    /// Configs written before the field existed meant level 3, so an absent field still does,
+    /// and level 3 is still written without it (such configs read the same as before).
+    #[serde(default = "unwritten_level", skip_serializing_if = "is_unwritten_level")]
     pub zstd_level: i32,
 }
 
-fn default_level() -> i32 {
-    crate::store::object::DEFAULT_LEVEL
+const UNWRITTEN_LEVEL: i32 = 3;
+
+fn unwritten_level() -> i32 {
+    UNWRITTEN_LEVEL
 }
 
-fn is_default_level(level: &i32) -> bool {
-    *level == default_level()
+fn is_unwritten_level(level: &i32) -> bool {
+    *level == UNWRITTEN_LEVEL
 }
 
 impl Config {
@@ -51,7 +54,7 @@ impl Config {
             hash,
             chunker,
             index_shards: DEFAULT_SHARDS,
-            zstd_level: default_level(),
+            zstd_level: crate::store::object::DEFAULT_LEVEL,
         }
     }
 

@@ -529,7 +529,7 @@ fn check_and_index_rebuild_on_the_fixture() {
     let word = |at: usize| u64::from_le_bytes(bloom[at..at + 8].try_into().unwrap());
     assert_eq!(&bloom[..8], b"TSBF\x01\x00\x00\x00");
     assert!(word(8) >= 1, "generation");
-    assert_eq!(word(16), 1 << 20, "capacity: at least 2^20, a power of two");
+    assert_eq!(word(16), 1 << 16, "capacity: at least 2^16, a power of two");
     assert_eq!(word(24), 12, "items");
     let filter = tessera::index::BloomFilter::from_bytes(&bloom).unwrap();
     assert!(ids.iter().all(|h| filter.may_contain(&id(h))));

@@ -12,7 +12,9 @@ const MAGIC: &[u8; 4] = b"TSBF";
 const FORMAT: u8 = 1;
 const HEADER: usize = 32;
 const FP_RATE: f64 = 0.01;
-const MIN_CAPACITY: u64 = 1 << 20;
+/// A new repository's filter: 78 KiB. It is rebuilt twice as large whenever it fills, so a
+/// small repository does not carry a megabyte-sized filter.
+const MIN_CAPACITY: u64 = 1 << 16;
 /// The `bloomfilter` crate's bitmap header: version u8, length u64, k u32, seed [u8; 32].
 const CRATE_HEADER: u64 = 1 + 8 + 4 + 32;
 /// Fixed so that every client and server builds identical filters from the same ids.

@@ -1,8 +1,11 @@
 //! A chunk store in a local directory: `objects/<2 hex>/<64 hex>`.
 
-use std::fs::{self, File};
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -54,8 +57,43 @@ fn rename_into(tmp: &Path, dest: &Path) -> Result<()> {
     }
 }
 
-impl ChunkStore for LocalStore {
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
+impl LocalStore {
+    /// The common case: the object is new. An anonymous file in the object's own directory,
+    /// linked under its name only once complete, is a conditional create: no temp name to
+    /// clean up after a crash, no rename. None when this filesystem (or a missing /proc)
+    /// cannot do it, or when the name already exists; the caller then replaces.
+    fn create_new(&self, dest: &Path, object: &[u8]) -> Result<Option<()>> {
+        let dir = dest.parent().expect("objects live in a fan-out directory");
+        let open = || OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir);
+        let opened = match open() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir_all(dir).at(dir)?;
+                open()
+            }
+            other => other,
+        };
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => return Ok(None),
+            Err(e) => return Err(e).at(dir),
+        };
+        write_and_start_writeback(&mut file, object).at(dest)?;
+        let proc_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
+        let dest_c = CString::new(dest.as_os_str().as_bytes()).expect("object paths hold no NUL");
+        let linked = unsafe {
+            libc::linkat(libc::AT_FDCWD, proc_path.as_ptr(), libc::AT_FDCWD, dest_c.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+        };
+        if linked == 0 {
+            return Ok(Some(()));
+        }
+        match std::io::Error::last_os_error() {
+            e if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT | libc::EPERM | libc::EXDEV)) => Ok(None),
+            e => Err(e).at(dest),
+        }
+    }
+
+    /// Writes a temp file and renames it over `dest`, replacing whatever is there.
+    fn replace(&self, id: &ChunkId, dest: &Path, object: &[u8]) -> Result<()> {
         // Unique temp name per process and put, so concurrent writers never share a file.
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
@@ -64,21 +102,32 @@ impl ChunkStore for LocalStore {
         if !self.tmp.is_dir() {
             fs::create_dir_all(&self.tmp).at(&self.tmp)?;
         }
-        let written = File::create(&tmp).and_then(|mut f| {
-            f.write_all(object)?;
-            // Start writeback now so the disk works while we compute; `sync` then has little
-            // left to wait for.
-            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-            Ok(())
-        });
-        // Rename replaces atomically; a replaced object had the same plaintext or was damaged.
-        let dest = self.path(id);
-        let result = written.at(&tmp).and_then(|()| rename_into(&tmp, &dest));
+        let written = File::create(&tmp).and_then(|mut f| write_and_start_writeback(&mut f, object));
+        let result = written.at(&tmp).and_then(|()| rename_into(&tmp, dest));
         if result.is_err() {
             // A partial temp file must not hold on to the space that just ran out.
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+fn write_and_start_writeback(f: &mut File, object: &[u8]) -> std::io::Result<()> {
+    f.write_all(object)?;
+    // Start writeback now so the disk works while we compute; `sync` then has little left to
+    // wait for.
+    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    Ok(())
+}
+
+impl ChunkStore for LocalStore {
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
+        let dest = self.path(id);
+        match self.create_new(&dest, object)? {
+            Some(()) => Ok(()),
+            // Exists: a concurrent writer's identical object, or a damaged one being replaced.
+            None => self.replace(id, &dest, object),
+        }
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -128,5 +177,84 @@ impl ChunkStore for LocalStore {
             return Err(std::io::Error::last_os_error()).at(&self.root);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::HashAlgo;
+
+    fn store() -> (tempfile::TempDir, LocalStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(&dir.path().join("objects")).unwrap();
+        (dir, store)
+    }
+
+    fn objects_and_temps(root: &Path) -> (usize, usize) {
+        let mut objects = 0;
+        for entry in walkdir(root) {
+            let name = entry.file_name().unwrap().to_str().unwrap().to_string();
+            if ChunkId::from_hex(&name).is_ok() {
+                objects += 1;
+            }
+        }
+        let temps = fs::read_dir(root.join("tmp")).map_or(0, |d| d.count());
+        (objects, temps)
+    }
+
+    fn walkdir(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(root).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walkdir(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn put_creates_the_object_and_leaves_no_temp_file() {
+        let (dir, store) = store();
+        let id = HashAlgo::Blake3.hash(b"chunk");
+        store.put(&id, b"object bytes").unwrap();
+        assert_eq!(store.get(&id).unwrap(), b"object bytes");
+        assert_eq!(objects_and_temps(&dir.path().join("objects")), (1, 0));
+    }
+
+    #[test]
+    fn put_replaces_a_damaged_object() {
+        let (dir, store) = store();
+        let id = HashAlgo::Blake3.hash(b"chunk");
+        store.put(&id, b"damaged").unwrap();
+        store.put(&id, b"object bytes").unwrap();
+        assert_eq!(store.get(&id).unwrap(), b"object bytes");
+        assert_eq!(objects_and_temps(&dir.path().join("objects")), (1, 0));
+    }
+
+    #[test]
+    fn put_recreates_a_missing_fan_out_directory() {
+        let (_dir, store) = store();
+        let id = HashAlgo::Blake3.hash(b"chunk");
+        fs::remove_dir(store.path(&id).parent().unwrap()).unwrap();
+        store.put(&id, b"object bytes").unwrap();
+        assert_eq!(store.get(&id).unwrap(), b"object bytes");
+    }
+
+    #[test]
+    fn racing_puts_of_one_chunk_leave_one_whole_object() {
+        let (dir, store) = store();
+        let id = HashAlgo::Blake3.hash(b"chunk");
+        let object = vec![7u8; 1 << 20];
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| store.put(&id, &object).unwrap());
+            }
+        });
+        assert_eq!(store.get(&id).unwrap(), object);
+        assert_eq!(objects_and_temps(&dir.path().join("objects")), (1, 0));
     }
 }
