@@ -508,7 +508,8 @@ impl Sink<'_> {
         if entries.is_empty() {
             return Ok(());
         }
-        self.repo.store().sync()?;
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        self.repo.store().sync(&ids)?;
         self.repo.index().register(entries)
     }
 

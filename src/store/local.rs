@@ -169,12 +169,20 @@ impl ChunkStore for LocalStore {
         Ok(())
     }
 
-    fn sync(&self) -> Result<()> {
-        // One syncfs flushes every object written since the last one; far cheaper than an
-        // fsync per object, and the index is only told about objects after it returns.
-        let dir = File::open(&self.root).at(&self.root)?;
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error()).at(&self.root);
+    fn sync(&self, ids: &[ChunkId]) -> Result<()> {
+        // One fsync per object and per directory, not one syncfs: syncfs would also wait for
+        // every other dirty file on the filesystem (a source tree just copied in, say).
+        let mut dirs = std::collections::BTreeSet::new();
+        for id in ids {
+            let path = self.path(id);
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| match e.kind() {
+                ErrorKind::NotFound => Error::ChunkMissing(*id),
+                _ => Error::Io { path: path.clone(), source: e },
+            })?;
+            dirs.insert(path.parent().expect("objects live in a fan-out directory").to_path_buf());
+        }
+        for dir in dirs {
+            File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
         }
         Ok(())
     }

@@ -19,6 +19,6 @@ pub trait ChunkStore: Send + Sync {
     fn stat(&self, id: &ChunkId) -> Result<Option<u64>>;
     /// Every object id with its stored size.
     fn list(&self, visit: &mut dyn FnMut(ChunkId, u64) -> Result<()>) -> Result<()>;
-    /// Makes every put so far durable.
-    fn sync(&self) -> Result<()>;
+    /// Makes these objects durable (they were put, or found present, by this process).
+    fn sync(&self, ids: &[ChunkId]) -> Result<()>;
 }
