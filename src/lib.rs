@@ -14,6 +14,7 @@ pub mod repo;
 pub mod restore;
 pub mod stats;
 pub mod store;
+mod tmpfile;
 pub mod walk;
 
 pub use error::{Error, Result};

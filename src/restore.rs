@@ -1,8 +1,8 @@
 //! Restore: snapshot -> trees -> chunk lists -> fetch + verify -> files and metadata.
 //!
 //! Each chunk is fetched once and written to every file that uses it, in parallel. Files are
-//! written under a temporary name and renamed into place only once complete; metadata goes
-//! on last, directories deepest first.
+//! written unnamed (`O_TMPFILE`; where the filesystem cannot, under a temporary name) and
+//! given their name only once complete; metadata goes on last, directories deepest first.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -233,7 +233,8 @@ struct Piece {
 
 enum Handle {
     NotOpen,
-    Open(File),
+    /// `anonymous`: an `O_TMPFILE` file, named at the end by a link; else it is at `tmp`.
+    Open { file: File, anonymous: bool },
     Closed,
 }
 
@@ -255,17 +256,40 @@ impl OutFile {
         OutFile { item, dest, tmp, size, remaining: AtomicU64::new(size), handle: Mutex::new(Handle::NotOpen), failed: AtomicBool::new(false) }
     }
 
-    fn open(&self) -> io::Result<File> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&self.tmp)?;
+    /// The file to write and whether it is anonymous.
+    fn open(&self) -> io::Result<(File, bool)> {
+        let dir = self.dest.parent().expect("restored files live in a directory");
+        let (file, anonymous) = match crate::tmpfile::create(dir, 0o600)? {
+            Some(f) => (f, true),
+            None => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&self.tmp)?;
+                (f, false)
+            }
+        };
         // Setting the length first leaves unwritten (all-zero) ranges as holes: sparse stays sparse.
-        f.set_len(self.size)?;
-        Ok(f)
+        file.set_len(self.size)?;
+        Ok((file, anonymous))
+    }
+
+    /// Names a complete file: links an unnamed one, renames a temp one. A file already at
+    /// `dest` (restoring with --overwrite) is replaced.
+    fn name(&self, file: &File, anonymous: bool) -> io::Result<()> {
+        if anonymous {
+            if crate::tmpfile::link(file, &self.dest)? {
+                return Ok(());
+            }
+            let _ = fs::remove_file(&self.tmp);
+            if !crate::tmpfile::link(file, &self.tmp)? {
+                return Err(io::Error::other("cannot link the restored file into place"));
+            }
+        }
+        fs::rename(&self.tmp, &self.dest)
     }
 
     fn write(&self, data: &[u8], offset: u64) -> io::Result<()> {
@@ -274,9 +298,10 @@ impl OutFile {
         }
         let mut h = self.handle.lock().expect("poisoned");
         if matches!(*h, Handle::NotOpen) {
-            *h = Handle::Open(self.open()?);
+            let (file, anonymous) = self.open()?;
+            *h = Handle::Open { file, anonymous };
         }
-        let Handle::Open(f) = &*h else {
+        let Handle::Open { file: f, .. } = &*h else {
             return Err(io::Error::other("file already closed"));
         };
         for (start, end) in data_runs(data, offset) {
@@ -293,12 +318,12 @@ impl OutFile {
             let _ = fs::remove_file(&self.tmp);
             return;
         }
-        let file = match handle {
-            Handle::Open(f) => Ok(f),
+        let opened = match handle {
+            Handle::Open { file, anonymous } => Ok((file, anonymous)),
             _ => self.open(),
         };
-        let file = match file {
-            Ok(f) => f,
+        let (file, anonymous) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 self.failed.store(true, Relaxed);
                 fail(&self.dest, &format!("not restored: {e}"));
@@ -308,8 +333,7 @@ impl OutFile {
         for e in set_metadata(Target::File(&file), &items[self.item].node, root) {
             fail(&self.dest, &e);
         }
-        drop(file);
-        if let Err(e) = fs::rename(&self.tmp, &self.dest) {
+        if let Err(e) = self.name(&file, anonymous) {
             self.failed.store(true, Relaxed);
             let _ = fs::remove_file(&self.tmp);
             fail(&self.dest, &format!("not restored: {e}"));

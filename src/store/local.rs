@@ -1,17 +1,15 @@
 //! A chunk store in a local directory: `objects/<2 hex>/<64 hex>`.
 
-use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::ChunkId;
 use crate::store::ChunkStore;
+use crate::tmpfile;
 
 pub struct LocalStore {
     root: PathBuf,
@@ -59,37 +57,20 @@ fn rename_into(tmp: &Path, dest: &Path) -> Result<()> {
 
 impl LocalStore {
     /// The common case: the object is new. An anonymous file in the object's own directory,
-    /// linked under its name only once complete, is a conditional create: no temp name to
-    /// clean up after a crash, no rename. None when this filesystem (or a missing /proc)
-    /// cannot do it, or when the name already exists; the caller then replaces.
-    fn create_new(&self, dest: &Path, object: &[u8]) -> Result<Option<()>> {
+    /// linked under its name only once complete, is a conditional create. False when this
+    /// filesystem cannot do it, or when the name already exists; the caller then replaces.
+    fn create_new(&self, dest: &Path, object: &[u8]) -> Result<bool> {
         let dir = dest.parent().expect("objects live in a fan-out directory");
-        let open = || OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir);
-        let opened = match open() {
+        let file = match tmpfile::create(dir, 0o666) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 fs::create_dir_all(dir).at(dir)?;
-                open()
+                tmpfile::create(dir, 0o666)
             }
             other => other,
         };
-        let mut file = match opened {
-            Ok(f) => f,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => return Ok(None),
-            Err(e) => return Err(e).at(dir),
-        };
+        let Some(mut file) = file.at(dir)? else { return Ok(false) };
         write_and_start_writeback(&mut file, object).at(dest)?;
-        let proc_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
-        let dest_c = CString::new(dest.as_os_str().as_bytes()).expect("object paths hold no NUL");
-        let linked = unsafe {
-            libc::linkat(libc::AT_FDCWD, proc_path.as_ptr(), libc::AT_FDCWD, dest_c.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-        };
-        if linked == 0 {
-            return Ok(Some(()));
-        }
-        match std::io::Error::last_os_error() {
-            e if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT | libc::EPERM | libc::EXDEV)) => Ok(None),
-            e => Err(e).at(dest),
-        }
+        tmpfile::link(&file, dest).at(dest)
     }
 
     /// Writes a temp file and renames it over `dest`, replacing whatever is there.
@@ -123,11 +104,11 @@ fn write_and_start_writeback(f: &mut File, object: &[u8]) -> std::io::Result<()>
 impl ChunkStore for LocalStore {
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
         let dest = self.path(id);
-        match self.create_new(&dest, object)? {
-            Some(()) => Ok(()),
-            // Exists: a concurrent writer's identical object, or a damaged one being replaced.
-            None => self.replace(id, &dest, object),
+        if self.create_new(&dest, object)? {
+            return Ok(());
         }
+        // Exists: a concurrent writer's identical object, or a damaged one being replaced.
+        self.replace(id, &dest, object)
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
