@@ -50,6 +50,9 @@ thread_local! {
     // A zstd context is megabytes of tables: build one per thread, not one per chunk.
     static COMPRESSOR: std::cell::RefCell<(i32, zstd::bulk::Compressor<'static>)> =
         std::cell::RefCell::new((DEFAULT_LEVEL, zstd::bulk::Compressor::new(DEFAULT_LEVEL).expect("zstd context")));
+    // Probes run at level 1, up to eight per chunk: one context for them too.
+    static PROBE: std::cell::RefCell<(zstd::bulk::Compressor<'static>, Vec<u8>)> =
+        std::cell::RefCell::new((zstd::bulk::Compressor::new(1).expect("zstd context"), Vec::with_capacity(2 * PROBE_LEN)));
 }
 
 /// Encodes a chunk, compressing it with zstd only when that pays.
@@ -112,7 +115,10 @@ fn worth_compressing(data: &[u8]) -> bool {
     (0..PROBES).any(|i| {
         let at = i * step + step / 2 - PROBE_LEN / 2;
         let probe = &data[at..at + PROBE_LEN];
-        zstd::bulk::compress(probe, 1).is_ok_and(|z| z.len() < PROBE_LEN * 62 / 64)
+        PROBE.with_borrow_mut(|(c, out)| {
+            out.clear();
+            c.compress_to_buffer(probe, out).is_ok_and(|n| n < PROBE_LEN * 62 / 64)
+        })
     })
 }
 
