@@ -118,6 +118,16 @@ fn bench_object_encode(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_with_input(BenchmarkId::new("encode", name), data, |b, d| b.iter(|| black_box(object::encode(black_box(d)))));
     }
+    // The default level's trade: CPU per byte against bytes stored, on text-like data.
+    let text = &inputs[0].1;
+    let mut out = Vec::new();
+    for level in [1, 2, 3] {
+        object::encode_into(text, level, &mut out);
+        eprintln!("object_encode/text_1MiB level {level}: {} -> {} bytes", text.len(), out.len());
+        g.bench_with_input(BenchmarkId::new("encode_text_1MiB_level", level), text, |b, d| {
+            b.iter(|| object::encode_into(black_box(d), level, &mut out))
+        });
+    }
     g.finish();
 }
 
