@@ -93,6 +93,16 @@ impl LocalStore {
     }
 }
 
+/// Runs blocking `op` over `items` on a few threads; the first error wins.
+fn in_parallel<T: Sync>(items: &[T], op: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    const SYNC_THREADS: usize = 8;
+    let per_thread = items.len().div_ceil(SYNC_THREADS).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = items.chunks(per_thread).map(|part| s.spawn(|| part.iter().try_for_each(&op))).collect();
+        workers.into_iter().map(|w| w.join().expect("sync thread panicked")).collect::<Result<()>>()
+    })
+}
+
 fn write_and_start_writeback(f: &mut File, object: &[u8]) -> std::io::Result<()> {
     f.write_all(object)?;
     // Start writeback now so the disk works while we compute; `sync` then has little left to
@@ -152,21 +162,22 @@ impl ChunkStore for LocalStore {
 
     fn sync(&self, ids: &[ChunkId]) -> Result<()> {
         // One fsync per object and per directory, not one syncfs: syncfs would also wait for
-        // every other dirty file on the filesystem (a source tree just copied in, say).
-        let mut dirs = std::collections::BTreeSet::new();
-        for id in ids {
+        // every other dirty file on the filesystem (a source tree just copied in, say). They
+        // run a few at a time, so the block layer can merge their cache flushes.
+        let fsync_object = |id: &ChunkId| {
             let path = self.path(id);
             File::open(&path).and_then(|f| f.sync_all()).map_err(|e| match e.kind() {
                 ErrorKind::NotFound => Error::ChunkMissing(*id),
                 _ => Error::Io { path: path.clone(), source: e },
-            })?;
-            dirs.insert(path.parent().expect("objects live in a fan-out directory").to_path_buf());
-        }
-        for dir in dirs {
-            File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
-        }
-        Ok(())
+            })
+        };
+        in_parallel(ids, fsync_object)?;
+        let dirs: std::collections::BTreeSet<PathBuf> =
+            ids.iter().map(|id| self.path(id).parent().expect("objects live in a fan-out directory").to_path_buf()).collect();
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        in_parallel(&dirs, |dir| File::open(dir).and_then(|d| d.sync_all()).at(dir))
     }
+
 }
 
 #[cfg(test)]
