@@ -11,8 +11,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// An unnamed file in `dir`, or None if the filesystem cannot make one.
+/// An unnamed file in `dir`, or None if the filesystem cannot make one or it could not be
+/// named afterwards (`link` goes through /proc; without it the bytes would be unreachable).
 pub(crate) fn create(dir: &Path, mode: u32) -> io::Result<Option<File>> {
+    static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return Ok(None);
+    }
     match OpenOptions::new().write(true).mode(mode).custom_flags(libc::O_TMPFILE).open(dir) {
         Ok(f) => Ok(Some(f)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => Ok(None),

@@ -1038,3 +1038,46 @@ fn deep_chain_of_small_directories_round_trips() {
     let back = restored(&target, &deepest).join("leaf.txt");
     assert_eq!(fs::read(back).unwrap(), b"at the bottom");
 }
+
+/// Runs `tessera ARGS` in a private mount namespace without /proc, where unnamed files
+/// (O_TMPFILE) cannot be linked into place: stores and restores must fall back to temp
+/// names and renames.
+fn tessera_without_proc(repo: &Path, args: &[&OsStr]) -> String {
+    let script = "umount -l /proc && exec \"$0\" \"$@\"";
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, common::bin(), "--repo"])
+        .arg(repo)
+        .args(args)
+        .env_remove("TESSERA_REPO");
+    ok(&mut cmd)
+}
+
+#[test]
+fn backup_and_restore_work_without_proc() {
+    if std::env::var_os("TESSERA_TEST_NO_MOUNT").is_some() {
+        eprintln!("TESSERA_TEST_NO_MOUNT set: the fallback without /proc is NOT tested");
+        return;
+    }
+    assert!(is_root(), "this test needs root (a mount namespace); set TESSERA_TEST_NO_MOUNT=1 to skip it explicitly");
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    write(&src.join("big.bin"), &common::random_bytes(7, 3 << 20));
+    write(&src.join("small.txt"), b"packed with the other small files\n");
+    write(&src.join("dir/other.txt"), b"another small file\n");
+    let os = |s: &'static str| OsStr::new(s);
+    tessera_without_proc(&env.repo(), &[os("backup"), src.as_os_str()]);
+    assert!(count_objects(&env.repo()) >= 2);
+    assert_eq!(fs::read_dir(env.repo().join("objects/tmp")).unwrap().count(), 0, "temp objects left behind");
+
+    let target = env.path("restore");
+    tessera_without_proc(&env.repo(), &[os("restore"), os("latest"), os("--target"), target.as_os_str()]);
+    assert_same_tree(&src, &restored(&target, &src));
+    // Over existing files (the rename replaces them), and with nothing left under temp names.
+    write(&restored(&target, &src).join("small.txt"), b"changed since the backup\n");
+    tessera_without_proc(&env.repo(), &[os("restore"), os("latest"), os("--target"), target.as_os_str(), os("--overwrite")]);
+    assert_same_tree(&src, &restored(&target, &src));
+    let temps: Vec<_> = scan(&target).into_keys().filter(|p| p.to_string_lossy().contains(".tessera-restore-")).collect();
+    assert!(temps.is_empty(), "restore temp files left: {temps:?}");
+    ok(tessera(&env.repo()).args(["check", "--read-data"]));
+}

@@ -177,7 +177,6 @@ impl ChunkStore for LocalStore {
         let dirs: Vec<PathBuf> = dirs.into_iter().collect();
         in_parallel(&dirs, |dir| File::open(dir).and_then(|d| d.sync_all()).at(dir))
     }
-
 }
 
 #[cfg(test)]
