@@ -25,6 +25,25 @@
 #   FIRST_ROUND=1              number of the first round (to add rounds to an
 #                              existing RESULTS_DIR; the table uses them all)
 #   BENCH_TMP                  passed through to anchors.sh (temp repos, staging)
+#   SETTLE=1                   between two anchors.sh runs: `sync`, then drop the page,
+#                              dentry and inode caches (root only; skipped with a note in
+#                              machine.txt where /proc/sys/vm/drop_caches is not writable).
+#                              SETTLE=0 runs them back to back.
+#   BENCH_FS=ext4              put BENCH_TMP on a fresh ext4 (mkfs defaults: with a
+#                              journal) in a loop-mounted image file of BENCH_FS_SIZE
+#                              (default 24G) under BENCH_FS_DIR (default /var/tmp); the
+#                              datasets stay where they are.  Root only; removed at exit.
+#
+# Why settle: on an ext4 without a journal (this machine's root filesystem) every inode
+# allocation skips, one by one, the inodes of its group deleted in the last 60 s (360 s
+# while their inode-table block is dirty and cached): recently_deleted() in the kernel's
+# find_inode_bit().  anchors.sh removes a run's temp dir (repository, staging copy,
+# restore, cp -a copy: up to 60k files) when it ends, so without settling, the next run
+# creates its files in the same groups and pays for those deletions.  The check reads the
+# inode-table block from the buffer cache only; after `sync` and dropping caches it finds
+# nothing and costs nothing.  Deletions inside a run (rsync --delete between versions) are
+# anchors.sh's own and are left as they are; BENCH_FS=ext4 (a journal: no such check)
+# measures without them.
 #
 # The tessera release binary is copied into RESULTS_DIR/bin so a rebuild in the
 # middle of a run cannot change what is measured.
@@ -49,6 +68,47 @@ if (($# > 0)); then DATASETS=("$@"); else DATASETS=(edits mixed-tree pypi-versio
 mkdir -p "$RESULTS_DIR/bin"
 RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
 export RESULTS_DIR
+SETTLE=${SETTLE:-1}
+BENCH_FS=${BENCH_FS:-}
+
+FS_NOTE="filesystem of BENCH_TMP: as given (${BENCH_TMP:-anchors.sh default: next to the datasets})"
+if [[ -n "$BENCH_FS" ]]; then
+  [[ "$BENCH_FS" == ext4 ]] || { echo "BENCH_FS=$BENCH_FS: only ext4 is supported" >&2; exit 1; }
+  ((EUID == 0)) || { echo "BENCH_FS=ext4 needs root (losetup, mount)" >&2; exit 1; }
+  FS_IMG=$(mktemp "${BENCH_FS_DIR:-/var/tmp}/tessera-benchfs.XXXXXX")
+  FS_MNT=$(mktemp -d /tmp/tessera-benchfs-mnt.XXXXXX)
+  FS_DEV=
+  cleanup_fs() {
+    if mountpoint -q "$FS_MNT"; then umount "$FS_MNT"; fi
+    if [[ -n "$FS_DEV" ]]; then losetup -d "$FS_DEV" || true; fi
+    rm -f "$FS_IMG"
+    rmdir "$FS_MNT" 2>/dev/null || true
+  }
+  trap cleanup_fs EXIT
+  truncate -s "${BENCH_FS_SIZE:-24G}" "$FS_IMG"
+  mkfs.ext4 -q -F "$FS_IMG"
+  # Direct I/O on the backing file: one page cache (the loop device's), not two.
+  FS_DEV=$(losetup --direct-io=on -f --show "$FS_IMG")
+  mount "$FS_DEV" "$FS_MNT"
+  export BENCH_TMP=$FS_MNT/bench-tmp
+  mkdir -p "$BENCH_TMP"
+  FS_NOTE="filesystem of BENCH_TMP: fresh ext4 with journal ($(tune2fs -l "$FS_DEV" | sed -n 's/^Filesystem features: *//p')), ${BENCH_FS_SIZE:-24G} image $FS_IMG on loop $FS_DEV (direct I/O), mounted at $FS_MNT"
+fi
+
+settle() {
+  ((SETTLE == 1)) || return 0
+  sync
+  if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches || true; fi
+}
+if ((SETTLE == 1)); then
+  if [[ -w /proc/sys/vm/drop_caches ]]; then
+    SETTLE_NOTE="between runs: sync + drop caches"
+  else
+    SETTLE_NOTE="between runs: sync only (/proc/sys/vm/drop_caches not writable)"
+  fi
+else
+  SETTLE_NOTE="between runs: nothing (SETTLE=0)"
+fi
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$ROOT" && cargo build --release) >"$RESULTS_DIR/build.log" 2>&1 || { tail -n 30 "$RESULTS_DIR/build.log" >&2; exit 1; }
@@ -71,6 +131,8 @@ fi
   echo "borg: $(borg --version 2>/dev/null || echo missing)"
   echo "runs: $RUNS; tools: $TOOLS; datasets: ${DATASETS[*]}; data: $DATA"
   echo "tessera init args: ${TESSERA_INIT_ARGS:-(defaults)}"
+  echo "$FS_NOTE"
+  echo "$SETTLE_NOTE"
 } | tee -a "$RESULTS_DIR/machine.txt"
 
 EXTRA=$RESULTS_DIR/extra.jsonl
@@ -85,7 +147,7 @@ run_one() { # run_one ROUND DATASET TOOL
   if [[ $tool == tessera ]]; then
     # shellcheck disable=SC2016
     KEEP=1 CUSTOM_LABEL=tessera CUSTOM_VERSION="$("$TBIN" --version) (git $REV)" \
-      CUSTOM_SETTINGS="blake3, FastCDC 2020, zstd when it pays, init args: ${TESSERA_INIT_ARGS:-defaults (avg 1 MiB)}" \
+      CUSTOM_SETTINGS="blake3, FastCDC 2020, zstd when it pays, init args: ${TESSERA_INIT_ARGS:-defaults (avg 512 KiB, zstd level 2)}" \
       CUSTOM_INIT="$TBIN -q --repo {repo} init ${TESSERA_INIT_ARGS:-}" \
       CUSTOM_BACKUP="$TBIN -q --repo {repo} backup {src} --host bench --tag {tag}" \
       CUSTOM_RESTORE="$TBIN -q --repo {repo} restore latest --target {dst}" \
@@ -109,10 +171,12 @@ run_one() { # run_one ROUND DATASET TOOL
   elif [[ -n "$work" ]]; then
     rm -rf "$work"
   fi
+  settle
   tail -n 1 "$log"
 }
 
 FIRST_ROUND=${FIRST_ROUND:-1}
+settle
 for ((r = FIRST_ROUND; r < FIRST_ROUND + RUNS; r++)); do
   for ds in "${DATASETS[@]}"; do
     [[ -d "$DATA/$ds" ]] || { echo "missing dataset $DATA/$ds" >&2; continue; }
