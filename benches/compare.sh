@@ -85,6 +85,8 @@ if [[ -n "$BENCH_FS" ]]; then
     rmdir "$FS_MNT" 2>/dev/null || true
   }
   trap cleanup_fs EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   truncate -s "${BENCH_FS_SIZE:-24G}" "$FS_IMG"
   mkfs.ext4 -q -F "$FS_IMG"
   # Direct I/O on the backing file: one page cache (the loop device's), not two.
