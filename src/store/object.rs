@@ -13,7 +13,7 @@ pub const HEADER_LEN: usize = 16;
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 /// zstd level of new repositories. On text-like chunks level 2 costs about 25-30% less CPU
-/// than level 3 for about 1% more bytes, and level 1 another 10-15% less for 2% more again
+/// than level 3 for about 1% more bytes, and level 1 another 5-12% less for 2% more again
 /// (docs/benchmarks.md); compression is most of a first backup's CPU time.
 pub const DEFAULT_LEVEL: i32 = 2;
 pub const MAX_LEVEL: i32 = 19;
