@@ -124,18 +124,18 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         let (dir_tx, dir_rx) = unbounded::<DirRecord>();
         for _ in 0..WORKERS {
             let rx = chunk_rx.clone();
-            s.spawn(|| sink.run_worker(rx));
+            spawn_named(s, "worker", || sink.run_worker(rx));
         }
         drop(chunk_rx);
         for _ in 0..READERS {
             let (rx, tx) = (large_rx.clone(), chunk_tx.clone());
-            s.spawn(|| read_large_files(repo, rx, tx, &sink.pool, &warnings, live));
+            spawn_named(s, "reader", || read_large_files(repo, rx, tx, &sink.pool, &warnings, live));
         }
         drop(large_rx);
         let packer = Packer::new(repo, &sink, chunk_tx);
-        s.spawn(|| packer.run(small_rx, &warnings, live));
-        let builder = s.spawn(|| build_trees(&sink, dir_rx, &counts));
-        let syncer = s.spawn(|| sink.run_syncer());
+        spawn_named(s, "packer", || packer.run(small_rx, &warnings, live));
+        let builder = spawn_named(s, "trees", || build_trees(&sink, dir_rx, &counts));
+        let syncer = spawn_named(s, "syncer", || sink.run_syncer());
         let mut walker = Walker {
             opts,
             excludes: &excludes,
@@ -186,6 +186,15 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
     };
     let snapshot_id = if opts.dry_run { None } else { Some(repo.commit_snapshot(&snapshot)?) };
     Ok(BackupReport { snapshot_id, snapshot })
+}
+
+/// Named, so that profilers and debuggers tell the pipeline's stages apart.
+fn spawn_named<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    std::thread::Builder::new().name(name.into()).spawn_scoped(s, f).expect("spawn a pipeline thread")
 }
 
 /// Source paths made absolute without resolving symlinks; each must exist.

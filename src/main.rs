@@ -45,7 +45,7 @@ enum Command {
         /// is the measured best of repository size, memory and object count (docs/chunking.md).
         #[arg(long, default_value = "512KiB")]
         chunk_avg: String,
-        /// zstd level for chunks: off, fast (1), default (3), max (19), or a number 1-19.
+        /// zstd level for chunks: off, fast (1), default (2), max (19), or a number 1-19.
         #[arg(long, default_value = "default", value_parser = parse_compression)]
         compression: i32,
     },

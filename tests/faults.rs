@@ -1258,6 +1258,10 @@ fn read_only_repository_lists_checks_and_restores() {
     write(&src.join("a.txt"), b"readable");
     write(&src.join("big.bin"), &rand_data(600, 600 << 10));
     let id = env.backup(&src, &[])["snapshot"].as_str().unwrap().to_string();
+    // The index as its owner sees it, with the backup's last commits still in the shards'
+    // write-ahead logs.
+    let owner_stats: Value = serde_json::from_str(&ok(tessera(&env.repo()).args(["stats", "--json"]))).unwrap();
+    assert!(owner_stats["unique_chunks"].as_u64().unwrap() > 2, "{owner_stats}");
     let st = Command::new("chmod").args(["-R", "a+rX,go-w"]).arg(&env.repo()).status().unwrap();
     assert!(st.success());
     let target = env.path("target");
@@ -1274,6 +1278,11 @@ fn read_only_repository_lists_checks_and_restores() {
 
     let out = run(tessera_as_nobody(&env.repo()).args(["snapshots", "--json"]));
     assert_eq!(code(&out), Some(0), "snapshots on a read-only repository: {}", stderr(&out));
+    let out = run(tessera_as_nobody(&env.repo()).args(["stats", "--json"]));
+    assert_eq!(code(&out), Some(0), "stats on a read-only repository: {}", stderr(&out));
+    let stats: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(stats["unique_chunks"], owner_stats["unique_chunks"], "the read-only index misses chunks");
+    assert_eq!(stats["unique_bytes"], owner_stats["unique_bytes"]);
     let out = run(tessera_as_nobody(&env.repo()).args(["ls", &id]));
     assert_eq!(code(&out), Some(0), "ls on a read-only repository: {}", stderr(&out));
     let out = run(tessera_as_nobody(&env.repo()).args(["check", "--read-data"]));
