@@ -180,7 +180,7 @@ fn open_shard_read_only(path: &Path) -> Result<Connection> {
         conn.query_row("SELECT count(*) FROM chunks", [], |_| Ok(()))?;
         Ok(conn)
     };
-    // Writers leave their last commits in the WAL (no checkpoint on close), which a
+    // A writer that died before closing leaves its last commits in the WAL, which a
     // read-only connection reads as long as it can open the WAL files; only when it cannot
     // open them is there no WAL to read, and the database file alone is the whole shard.
     let conn = open("mode=ro").or_else(|_| open("immutable=1")).map_err(err)?;
@@ -218,10 +218,6 @@ fn open_shard_writable(path: &Path) -> Result<Connection> {
         conn.pragma_update(None, "user_version", SHARD_VERSION).map_err(err)?;
     }
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-    // A checkpoint on close costs two fsyncs per shard at the end of every command; SQLite
-    // checkpoints anyway once the WAL grows past 1000 pages, and the next writer reads the
-    // WAL as it is.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(err)?;
     Ok(conn)
 }
 
