@@ -51,7 +51,7 @@ impl ChunkerParams {
                 format!("need min <= avg <= max, got {min} / {avg} / {max}"),
             ));
         }
-        if avg < AVERAGE_MIN || avg > AVERAGE_MAX || min < MINIMUM_MIN || max > MAXIMUM_MAX {
+        if !(AVERAGE_MIN..=AVERAGE_MAX).contains(&avg) || min < MINIMUM_MIN || max > MAXIMUM_MAX {
             return Err(invalid(
                 "chunk sizes",
                 format!(

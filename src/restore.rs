@@ -403,23 +403,6 @@ fn replace_with(dest: &Path, overwrite: bool, create: impl Fn() -> io::Result<()
     create()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::data_runs;
-
-    #[test]
-    fn zero_blocks_are_skipped_and_data_blocks_merged() {
-        let mut data = vec![0u8; 5 * 4096];
-        data[10] = 1;
-        data[4096 * 2 + 5] = 1;
-        data[4096 * 3] = 1;
-        assert_eq!(data_runs(&data, 0), vec![(0, 4096), (8192, 16384)]);
-        // Unaligned start: the first block ends at the next file-offset boundary.
-        assert_eq!(data_runs(&data[..100], 4000), vec![(0, 96)]);
-        assert!(data_runs(&[0u8; 10_000], 123).is_empty());
-    }
-}
-
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains NUL"))
 }
@@ -521,4 +504,21 @@ fn set_metadata(target: Target, node: &Node, root: bool) -> Vec<String> {
     };
     call(r, "set mtime", &mut errors);
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_runs;
+
+    #[test]
+    fn zero_blocks_are_skipped_and_data_blocks_merged() {
+        let mut data = vec![0u8; 5 * 4096];
+        data[10] = 1;
+        data[4096 * 2 + 5] = 1;
+        data[4096 * 3] = 1;
+        assert_eq!(data_runs(&data, 0), vec![(0, 4096), (8192, 16384)]);
+        // Unaligned start: the first block ends at the next file-offset boundary.
+        assert_eq!(data_runs(&data[..100], 4000), vec![(0, 96)]);
+        assert!(data_runs(&[0u8; 10_000], 123).is_empty());
+    }
 }

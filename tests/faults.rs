@@ -1258,11 +1258,10 @@ fn read_only_repository_lists_checks_and_restores() {
     write(&src.join("a.txt"), b"readable");
     write(&src.join("big.bin"), &rand_data(600, 600 << 10));
     let id = env.backup(&src, &[])["snapshot"].as_str().unwrap().to_string();
-    // The index as its owner sees it, with the backup's last commits still in the shards'
-    // write-ahead logs.
+    // The index as its owner sees it: a read-only reader must see the same chunks.
     let owner_stats: Value = serde_json::from_str(&ok(tessera(&env.repo()).args(["stats", "--json"]))).unwrap();
     assert!(owner_stats["unique_chunks"].as_u64().unwrap() > 2, "{owner_stats}");
-    let st = Command::new("chmod").args(["-R", "a+rX,go-w"]).arg(&env.repo()).status().unwrap();
+    let st = Command::new("chmod").args(["-R", "a+rX,go-w"]).arg(env.repo()).status().unwrap();
     assert!(st.success());
     let target = env.path("target");
     fs::create_dir_all(&target).unwrap();

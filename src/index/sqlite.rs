@@ -350,7 +350,7 @@ fn encode_slices(slices: &[Slice]) -> Vec<u8> {
 
 /// None for a malformed record: the entry is then treated as absent, which is always safe.
 fn decode_slices(bytes: &[u8]) -> Option<Vec<Slice>> {
-    if bytes.len() % 40 != 0 {
+    if !bytes.len().is_multiple_of(40) {
         return None;
     }
     let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));

@@ -99,7 +99,7 @@ fn in_parallel<T: Sync>(items: &[T], op: impl Fn(&T) -> Result<()> + Sync) -> Re
     let per_thread = items.len().div_ceil(SYNC_THREADS).max(1);
     std::thread::scope(|s| {
         let workers: Vec<_> = items.chunks(per_thread).map(|part| s.spawn(|| part.iter().try_for_each(&op))).collect();
-        workers.into_iter().map(|w| w.join().expect("sync thread panicked")).collect::<Result<()>>()
+        workers.into_iter().try_for_each(|w| w.join().expect("sync thread panicked"))
     })
 }
 
