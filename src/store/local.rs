@@ -172,9 +172,12 @@ impl ChunkStore for LocalStore {
             })
         };
         in_parallel(ids, fsync_object)?;
-        let dirs: std::collections::BTreeSet<PathBuf> =
-            ids.iter().map(|id| self.path(id).parent().expect("objects live in a fan-out directory").to_path_buf()).collect();
-        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        let dirs: Vec<PathBuf> = ids
+            .iter()
+            .map(|id| self.path(id).parent().expect("objects live in a fan-out directory").to_path_buf())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         in_parallel(&dirs, |dir| File::open(dir).and_then(|d| d.sync_all()).at(dir))
     }
 }
