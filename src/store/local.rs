@@ -163,22 +163,20 @@ impl ChunkStore for LocalStore {
     fn sync(&self, ids: &[ChunkId]) -> Result<()> {
         // One fsync per object and per directory, not one syncfs: syncfs would also wait for
         // every other dirty file on the filesystem (a source tree just copied in, say). They
-        // run a few at a time, so the block layer can merge their cache flushes.
-        let fsync_object = |id: &ChunkId| {
-            let path = self.path(id);
-            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| match e.kind() {
-                ErrorKind::NotFound => Error::ChunkMissing(*id),
-                _ => Error::Io { path: path.clone(), source: e },
-            })
-        };
-        in_parallel(ids, fsync_object)?;
-        let dirs: Vec<PathBuf> = ids
+        // run a few at a time, objects and directories together (the names are linked
+        // already), so the block layer can merge their cache flushes.
+        let dirs: std::collections::BTreeSet<PathBuf> = ids
             .iter()
             .map(|id| self.path(id).parent().expect("objects live in a fan-out directory").to_path_buf())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
             .collect();
-        in_parallel(&dirs, |dir| File::open(dir).and_then(|d| d.sync_all()).at(dir))
+        let targets: Vec<(PathBuf, Option<&ChunkId>)> =
+            ids.iter().map(|id| (self.path(id), Some(id))).chain(dirs.into_iter().map(|d| (d, None))).collect();
+        in_parallel(&targets, |(path, id)| {
+            File::open(path).and_then(|f| f.sync_all()).map_err(|e| match (e.kind(), id) {
+                (ErrorKind::NotFound, Some(id)) => Error::ChunkMissing(**id),
+                _ => Error::Io { path: path.clone(), source: e },
+            })
+        })
     }
 }
 
@@ -258,5 +256,18 @@ mod tests {
         });
         assert_eq!(store.get(&id).unwrap(), object);
         assert_eq!(objects_and_temps(&dir.path().join("objects")), (1, 0));
+    }
+
+    #[test]
+    fn sync_names_an_object_that_is_not_there() {
+        let (_dir, store) = store();
+        let stored = HashAlgo::Blake3.hash(b"stored");
+        let missing = HashAlgo::Blake3.hash(b"never stored");
+        store.put(&stored, b"object bytes").unwrap();
+        store.sync(&[stored]).unwrap();
+        match store.sync(&[stored, missing]) {
+            Err(Error::ChunkMissing(id)) => assert_eq!(id, missing),
+            other => panic!("expected ChunkMissing, got {other:?}"),
+        }
     }
 }
