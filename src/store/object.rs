@@ -48,9 +48,8 @@ pub fn parse_header(id: &ChunkId, bytes: &[u8]) -> Result<ObjectHeader> {
 
 thread_local! {
     // A zstd context is megabytes of tables: build one per thread, not one per chunk.
-    // Level 0 never compresses, so the first chunk configures the context.
     static COMPRESSOR: std::cell::RefCell<(i32, zstd::bulk::Compressor<'static>)> =
-        std::cell::RefCell::new((0, zstd::bulk::Compressor::new(DEFAULT_LEVEL).expect("zstd context")));
+        std::cell::RefCell::new((DEFAULT_LEVEL, zstd::bulk::Compressor::new(DEFAULT_LEVEL).expect("zstd context")));
     // Probes run at level 1, up to eight per chunk: one context for them too.
     static PROBE: std::cell::RefCell<(zstd::bulk::Compressor<'static>, Vec<u8>)> =
         std::cell::RefCell::new((zstd::bulk::Compressor::new(1).expect("zstd context"), Vec::with_capacity(2 * PROBE_LEN)));
@@ -83,7 +82,6 @@ fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
         .with_borrow_mut(|(at, c)| {
             if *at != level {
                 c.set_compression_level(level)?;
-                c.set_parameter(zstd::zstd_safe::CParameter::HashLog(hash_log(level)))?;
                 *at = level;
             }
             c.compress_to_buffer(data, &mut cursor)
@@ -93,13 +91,6 @@ fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
         out[..HEADER_LEN].copy_from_slice(&header(CODEC_ZSTD, data.len()));
     }
     fits
-}
-
-/// zstd's level 2 with a hash table of 2^15 rather than 2^16 entries: on the text-like
-/// chunks of edits and mixed-tree that takes 7-12 % off the time for 1.0-1.2 % more bytes
-/// (docs/benchmarks.md). 0 keeps the level's own.
-fn hash_log(level: i32) -> u32 {
-    if level == 2 { 15 } else { 0 }
 }
 
 fn header(codec: u8, raw_len: usize) -> [u8; HEADER_LEN] {
