@@ -34,16 +34,22 @@
 #                              (default 24G) under BENCH_FS_DIR (default /var/tmp); the
 #                              datasets stay where they are.  Root only; removed at exit.
 #
-# Why settle: on an ext4 without a journal (this machine's root filesystem) every inode
-# allocation skips, one by one, the inodes of its group deleted in the last 60 s (360 s
-# while their inode-table block is dirty and cached): recently_deleted() in the kernel's
-# find_inode_bit().  anchors.sh removes a run's temp dir (repository, staging copy,
-# restore, cp -a copy: up to 60k files) when it ends, so without settling, the next run
-# creates its files in the same groups and pays for those deletions.  The check reads the
-# inode-table block from the buffer cache only; after `sync` and dropping caches it finds
-# nothing and costs nothing.  Deletions inside a run (rsync --delete between versions) are
-# anchors.sh's own and are left as they are; BENCH_FS=ext4 (a journal: no such check)
-# measures without them.
+# Why spent temp dirs are emptied, not removed, until the end: on an ext4 without a journal
+# (this machine's root filesystem) every inode allocation skips, one by one, the free inodes
+# of its group deleted in the last 30 s, or 330 s once their inode-table block is dirty
+# again: recently_deleted() in the kernel's find_inode_bit().  Removing a run's temp dir
+# (repository, staging copy, restore, cp -a copy: up to 60k files) would make the next run
+# create its files in the groups just freed and pay for every one of those deletions on
+# every allocation: in one profile a mixed-tree restore spent a third of its CPU time there
+# after `sync` and dropping caches (which do not help: the first allocation in a block
+# reads it back and dirties it).  So each spent temp dir has its files truncated (the
+# space comes back, the inodes stay) and is removed only when this script exits; run all
+# datasets in one invocation, or leave 6 minutes between invocations.  Deletions inside a
+# run (rsync --delete between versions) are anchors.sh's own and are left as they are;
+# BENCH_FS=ext4 (a journal: no such check) measures without them.
+#
+# Why settle (sync + drop caches): each run starts with the disk idle and reads its data
+# from disk, whatever the previous run left dirty or cached.
 #
 # The tessera release binary is copied into RESULTS_DIR/bin so a rebuild in the
 # middle of a run cannot change what is measured.
@@ -71,6 +77,20 @@ export RESULTS_DIR
 SETTLE=${SETTLE:-1}
 BENCH_FS=${BENCH_FS:-}
 
+SPENT=()
+# Empties a measured run's temp dir now and removes it at exit (see "Why spent temp dirs").
+retire() {
+  find "$1" -type f -exec truncate -s 0 {} + 2>/dev/null || true
+  SPENT+=("$1")
+}
+on_exit() {
+  ((${#SPENT[@]} == 0)) || rm -rf "${SPENT[@]}"
+  if declare -F cleanup_fs >/dev/null; then cleanup_fs; fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 FS_NOTE="filesystem of BENCH_TMP: as given (${BENCH_TMP:-anchors.sh default: next to the datasets})"
 if [[ -n "$BENCH_FS" ]]; then
   [[ "$BENCH_FS" == ext4 ]] || { echo "BENCH_FS=$BENCH_FS: only ext4 is supported" >&2; exit 1; }
@@ -84,9 +104,6 @@ if [[ -n "$BENCH_FS" ]]; then
     rm -f "$FS_IMG"
     rmdir "$FS_MNT" 2>/dev/null || true
   }
-  trap cleanup_fs EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
   truncate -s "${BENCH_FS_SIZE:-24G}" "$FS_IMG"
   mkfs.ext4 -q -F "$FS_IMG"
   # Direct I/O on the backing file: one page cache (the loop device's), not two.
@@ -171,7 +188,7 @@ run_one() { # run_one ROUND DATASET TOOL
   if ((rc != 0)); then
     { echo "FAILED round $round $ds $tool rc=$rc (run $run_id); log $log; temp dir kept: $work"; tail -n 25 "$log"; echo; } | tee -a "$FAILS" >&2
   elif [[ -n "$work" ]]; then
-    rm -rf "$work"
+    retire "$work"
   fi
   settle
   tail -n 1 "$log"
