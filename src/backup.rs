@@ -122,10 +122,12 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         let (large_tx, large_rx) = bounded::<FileJob>(FILE_QUEUE);
         let (small_tx, small_rx) = bounded::<FileJob>(FILE_QUEUE * 16);
         let (dir_tx, dir_rx) = unbounded::<DirRecord>();
-        for _ in 0..WORKERS {
-            let rx = chunk_rx.clone();
-            spawn_named(s, "worker", || sink.run_worker(rx));
-        }
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let rx = chunk_rx.clone();
+                spawn_named(s, "worker", || sink.run_worker(rx))
+            })
+            .collect();
         drop(chunk_rx);
         for _ in 0..READERS {
             let (rx, tx) = (large_rx.clone(), chunk_tx.clone());
@@ -151,16 +153,22 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         let walked = walker.walk_root(&sources, parent_tree);
         drop(walker);
         let root = builder.join().expect("tree builder panicked");
+        // Every chunk is stored once the workers are done (the walker's end closed the
+        // readers' and the packer's inputs, theirs closed the workers').
+        workers.into_iter().for_each(|w| w.join().expect("worker panicked"));
         sink.stop_syncer();
+        // The syncer may be in the middle of a round: the rest is synced alongside it
+        // rather than after it.
+        let flushed = if sink.failure.lock().expect("poisoned").is_none() { sink.flush_registrations() } else { Ok(()) };
         syncer.join().expect("syncer panicked");
         walked?;
+        flushed?;
         root
     });
     if let Some(e) = sink.failure.lock().expect("poisoned").take() {
         return Err(e);
     }
     let root = root?;
-    sink.flush_registrations()?;
     sink.register_files()?;
     if !opts.dry_run {
         repo.index().flush_filter()?;
