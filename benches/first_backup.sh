@@ -53,8 +53,9 @@ one() {
 }
 
 # Removed only at the end: on ext4 without a journal, every inode allocation skips, one by
-# one, the free inodes of its group deleted in the last 60 s (`recently_deleted()`), so
-# deleting one run's repository would tax the next run's object files.
+# one, the free inodes of its group deleted in the last 30 s, 330 s once their inode-table
+# block is dirty again (`recently_deleted()`; see benches/compare.sh), so deleting one
+# run's repository would tax the next run's object files.
 DONE=()
 cleanup() { ((${#DONE[@]} == 0)) || rm -rf "${DONE[@]}"; }
 trap cleanup EXIT

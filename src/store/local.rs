@@ -165,12 +165,12 @@ impl ChunkStore for LocalStore {
         // every other dirty file on the filesystem (a source tree just copied in, say). They
         // run a few at a time, objects and directories together (the names are linked
         // already), so the block layer can merge their cache flushes.
-        let dirs: std::collections::BTreeSet<PathBuf> = ids
+        let mut targets: Vec<(PathBuf, Option<&ChunkId>)> = ids.iter().map(|id| (self.path(id), Some(id))).collect();
+        let dirs: std::collections::BTreeSet<PathBuf> = targets
             .iter()
-            .map(|id| self.path(id).parent().expect("objects live in a fan-out directory").to_path_buf())
+            .map(|(path, _)| path.parent().expect("objects live in a fan-out directory").to_path_buf())
             .collect();
-        let targets: Vec<(PathBuf, Option<&ChunkId>)> =
-            ids.iter().map(|id| (self.path(id), Some(id))).chain(dirs.into_iter().map(|d| (d, None))).collect();
+        targets.extend(dirs.into_iter().map(|d| (d, None)));
         in_parallel(&targets, |(path, id)| {
             File::open(path).and_then(|f| f.sync_all()).map_err(|e| match (e.kind(), id) {
                 (ErrorKind::NotFound, Some(id)) => Error::ChunkMissing(**id),
