@@ -112,6 +112,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         sync_wanted: Condvar::new(),
         pending_files: Mutex::new(Vec::new()),
         pool: BufferPool::default(),
+        windows: BufferPool::default(),
         failure: Mutex::new(None),
     };
     let warnings = Warnings { list: Mutex::new(Vec::new()), sink: on_warning };
@@ -131,7 +132,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, live: &LiveStats, on_warn
         drop(chunk_rx);
         for _ in 0..READERS {
             let (rx, tx) = (large_rx.clone(), chunk_tx.clone());
-            spawn_named(s, "reader", || read_large_files(repo, rx, tx, &sink.pool, &warnings, live));
+            spawn_named(s, "reader", || read_large_files(repo, rx, tx, &sink.windows, &warnings, live));
         }
         drop(large_rx);
         let packer = Packer::new(repo, &sink, chunk_tx);
@@ -298,9 +299,33 @@ struct FileJob {
     content: Pending<Content>,
 }
 
-struct ChunkJob {
-    data: Vec<u8>,
+struct ChunkJob<'p> {
+    bytes: Arc<Pooled<'p>>,
+    range: std::ops::Range<usize>,
     source: ChunkSource,
+}
+
+impl<'p> ChunkJob<'p> {
+    /// A chunk that is a whole buffer of its own.
+    fn whole(buf: Vec<u8>, pool: &'p BufferPool, source: ChunkSource) -> Self {
+        ChunkJob { range: 0..buf.len(), bytes: Arc::new(Pooled { buf, pool }), source }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.bytes.buf[self.range.clone()]
+    }
+}
+
+/// A buffer that goes back to its pool once the last chunk in it is done.
+struct Pooled<'p> {
+    buf: Vec<u8>,
+    pool: &'p BufferPool,
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
 }
 
 enum ChunkSource {
@@ -423,12 +448,15 @@ struct Sink<'a> {
     sync_wanted: Condvar,
     /// Small files packed by this run, registered only once the run's chunks all are.
     pending_files: Mutex<Vec<FileEntry>>,
+    /// Packed streams' chunk buffers.
     pool: BufferPool,
+    /// The reader's windows, shared by the chunks cut in them.
+    windows: BufferPool,
     failure: Mutex<Option<Error>>,
 }
 
 impl Sink<'_> {
-    fn run_worker(&self, rx: Receiver<ChunkJob>) {
+    fn run_worker(&self, rx: Receiver<ChunkJob<'_>>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             batch.extend(rx.try_iter().take(WORKER_BATCH - 1));
@@ -440,25 +468,24 @@ impl Sink<'_> {
             {
                 self.fail(e);
             }
-            batch.into_iter().for_each(|job| self.pool.give(job.data));
         }
     }
 
-    fn fingerprint(&self, job: &ChunkJob) -> ChunkId {
+    fn fingerprint(&self, job: &ChunkJob<'_>) -> ChunkId {
         match &job.source {
             ChunkSource::Packed(id) => *id,
             ChunkSource::File(file, index) => {
-                let id = self.repo.hash(&job.data);
+                let id = self.repo.hash(job.data());
                 file.set_id(*index, id);
                 id
             }
         }
     }
 
-    fn store_batch(&self, batch: &[ChunkJob], ids: &[ChunkId]) -> Result<()> {
+    fn store_batch(&self, batch: &[ChunkJob<'_>], ids: &[ChunkId]) -> Result<()> {
         let upload = self.deduper.claim_missing(ids)?;
         for ((job, id), _) in batch.iter().zip(ids).zip(upload).filter(|(_, u)| *u) {
-            self.store(id, &job.data)?;
+            self.store(id, job.data())?;
         }
         Ok(())
     }
@@ -572,30 +599,35 @@ impl Sink<'_> {
     }
 }
 
-fn read_large_files(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJob>, pool: &BufferPool, warnings: &Warnings, live: &LiveStats) {
+fn read_large_files<'p>(repo: &Repository, rx: Receiver<FileJob>, tx: Sender<ChunkJob<'p>>, windows: &'p BufferPool, warnings: &Warnings, live: &LiveStats) {
     let cutter = repo.cutter();
     for job in rx {
         let file = Arc::new(LargeFile::new(job.content.clone()));
         let read = (|| -> std::io::Result<u64> {
-            let mut chunks = cutter.chunks(File::open(&job.path)?, job.size);
+            let mut cuts = cutter.windows(File::open(&job.path)?);
             let mut total = 0;
             loop {
-                let mut data = pool.take();
-                if !chunks.next_into(&mut data)? {
-                    pool.give(data);
+                let mut buf = windows.take();
+                if !cuts.fill(&mut buf)? {
+                    windows.give(buf);
                     return Ok(total);
                 }
-                let len = data.len() as u64;
-                total += len;
-                live.bytes.fetch_add(len, Relaxed);
-                live.read_bytes.fetch_add(len, Relaxed);
-                let index = file.add_chunk(data.len());
-                if let Err(unsent) = tx.send(ChunkJob { data, source: ChunkSource::File(file.clone(), index) }) {
-                    // The pipeline failed (its error is reported there): settle the file.
-                    file.unreadable.store(true, Release);
-                    drop(unsent);
-                    file.release();
-                    return Ok(total);
+                let window = Arc::new(Pooled { buf, pool: windows });
+                let mut at = 0;
+                while let Some(len) = cuts.cut(&window.buf, at) {
+                    total += len as u64;
+                    live.bytes.fetch_add(len as u64, Relaxed);
+                    live.read_bytes.fetch_add(len as u64, Relaxed);
+                    let index = file.add_chunk(len);
+                    let chunk = ChunkJob { bytes: window.clone(), range: at..at + len, source: ChunkSource::File(file.clone(), index) };
+                    at += len;
+                    if let Err(unsent) = tx.send(chunk) {
+                        // The pipeline failed (its error is reported there): settle the file.
+                        file.unreadable.store(true, Release);
+                        drop(unsent);
+                        file.release();
+                        return Ok(total);
+                    }
                 }
             }
         })();
@@ -629,7 +661,7 @@ fn check_read(job: &FileJob, read: std::io::Result<u64>, warnings: &Warnings) ->
 struct Packer<'a> {
     repo: &'a Repository,
     sink: &'a Sink<'a>,
-    tx: Sender<ChunkJob>,
+    tx: Sender<ChunkJob<'a>>,
     stream: StreamPacker,
     /// Files waiting for the chunks covering their stream range.
     waiting: VecDeque<Waiting>,
@@ -655,7 +687,7 @@ struct SmallFile {
 }
 
 impl<'a> Packer<'a> {
-    fn new(repo: &'a Repository, sink: &'a Sink<'a>, tx: Sender<ChunkJob>) -> Self {
+    fn new(repo: &'a Repository, sink: &'a Sink<'a>, tx: Sender<ChunkJob<'a>>) -> Self {
         let stream = StreamPacker::new(repo.cutter(), repo.config().hash);
         Packer { repo, sink, tx, stream, waiting: VecDeque::new(), seen: HashMap::new() }
     }
@@ -747,7 +779,7 @@ impl<'a> Packer<'a> {
                 break;
             };
             // A closed channel means the pipeline failed; the error is reported there.
-            let _ = self.tx.send(ChunkJob { data, source: ChunkSource::Packed(id) });
+            let _ = self.tx.send(ChunkJob::whole(data, &self.sink.pool, ChunkSource::Packed(id)));
         }
         while self.waiting.front().is_some_and(|w| w.end <= self.stream.cut_through()) {
             let w = self.waiting.pop_front().expect("front exists");

@@ -124,6 +124,11 @@ impl Cutter {
         }
     }
 
+    /// Cuts `source` window by window (see `Windows`).
+    pub fn windows<R: Read>(&self, source: R) -> Windows<R> {
+        Windows { cutter: *self, source, carry: Vec::new(), eof: false }
+    }
+
     /// Streams chunks of `source` without reading it whole, copying each byte once.
     /// `size_hint` (the expected length) keeps the window small for small inputs.
     pub fn chunks<R: Read>(&self, source: R, size_hint: u64) -> Chunks<R> {
@@ -178,36 +183,77 @@ impl<R: Read> Chunks<R> {
     }
 }
 
-impl<R: Read> Chunks<R> {
-    /// Puts the next chunk in `out` (replacing its contents), so callers can reuse buffers;
-    /// false at the end of the input.
-    pub fn next_into(&mut self, out: &mut Vec<u8>) -> std::io::Result<bool> {
-        let max = self.cutter.max_size();
-        if self.end - self.start < max && !self.eof {
-            self.fill()?;
-        }
-        if self.start == self.end {
-            return Ok(false);
-        }
-        let window = &self.buf[self.start..self.end.min(self.start + max)];
-        let n = self.cutter.first_cut(window);
-        out.clear();
-        out.extend_from_slice(&window[..n]);
-        self.start += n;
-        Ok(true)
-    }
-}
-
 impl<R: Read> Iterator for Chunks<R> {
     type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut chunk = Vec::new();
-        match self.next_into(&mut chunk) {
-            Ok(true) => Some(Ok(chunk)),
-            Ok(false) => None,
-            Err(e) => Some(Err(e)),
+        let max = self.cutter.max_size();
+        if self.end - self.start < max
+            && !self.eof
+            && let Err(e) = self.fill()
+        {
+            return Some(Err(e));
         }
+        if self.start == self.end {
+            return None;
+        }
+        let window = &self.buf[self.start..self.end.min(self.start + max)];
+        let n = self.cutter.first_cut(window);
+        self.start += n;
+        Some(Ok(window[..n].to_vec()))
+    }
+}
+
+/// Chunks of a reader that stay in the buffer they were read into: each window holds whole
+/// chunks, and only the unfinished chunk at its end is carried over to the next one. The
+/// backup reader hands windows to the workers as they are, so most bytes are never copied.
+pub struct Windows<R> {
+    cutter: Cutter,
+    source: R,
+    carry: Vec<u8>,
+    eof: bool,
+}
+
+impl<R: Read> Windows<R> {
+    /// Room for a carried-over unfinished chunk plus the `max_size` bytes a cut may need.
+    pub fn window_size(&self) -> usize {
+        2 * self.cutter.max_size()
+    }
+
+    /// Fills `window` (replacing its contents, reusing its allocation) with the unfinished
+    /// chunk carried over from the last window, then fresh input. False at the end of input.
+    pub fn fill(&mut self, window: &mut Vec<u8>) -> std::io::Result<bool> {
+        let size = self.window_size();
+        window.clear();
+        window.reserve_exact(size);
+        window.extend_from_slice(&self.carry);
+        self.carry.clear();
+        if !self.eof {
+            let want = size - window.len();
+            // `take` keeps the read within the reserved room: no reallocation.
+            let n = (&mut self.source).take(want as u64).read_to_end(window)?;
+            self.eof = n < want;
+        }
+        Ok(!window.is_empty())
+    }
+
+    /// Length of the chunk at `pos` of the window just filled, if it is whole. Chunks are
+    /// cut one at a time, so each can be handed on before the next is found. Once this is
+    /// None, the bytes from `pos` on are carried over to the next window.
+    pub fn cut(&mut self, window: &[u8], pos: usize) -> Option<usize> {
+        let max = self.cutter.max_size();
+        let rest = &window[pos..];
+        if rest.is_empty() {
+            return None;
+        }
+        let n = self.cutter.first_cut(&rest[..rest.len().min(max)]);
+        // A cut found before the end of the bytes at hand is final; running out of bytes
+        // short of `max_size` is not, unless the input ends there.
+        if n == rest.len() && rest.len() < max && !self.eof {
+            self.carry.extend_from_slice(rest);
+            return None;
+        }
+        Some(n)
     }
 }
 
@@ -347,6 +393,51 @@ mod tests {
                 prop_assert_eq!(&ours, &theirs);
             }
         }
+    }
+
+    /// Reads at most `step` bytes per call, as pipes and network filesystems may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn window_chunks(cutter: Cutter, source: impl Read) -> Vec<Vec<u8>> {
+        let mut windows = cutter.windows(source);
+        let mut window = Vec::new();
+        let mut out = Vec::new();
+        while windows.fill(&mut window).unwrap() {
+            assert!(window.len() <= windows.window_size());
+            let mut at = 0;
+            while let Some(n) = windows.cut(&window, at) {
+                out.push(window[at..at + n].to_vec());
+                at += n;
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn windows_agree_with_stream(data in proptest::collection::vec(any::<u8>(), 0..100_000), step in 1usize..40_000) {
+            let p = params();
+            let theirs: Vec<Vec<u8>> = p.stream(&data[..]).map(|c| c.unwrap().data).collect();
+            prop_assert_eq!(&window_chunks(Cutter::FastCdc(p), &data[..]), &theirs);
+            prop_assert_eq!(&window_chunks(Cutter::FastCdc(p), Trickle(&data, step)), &theirs);
+        }
+    }
+
+    #[test]
+    fn windows_of_zeros_cut_at_max_size() {
+        let p = params();
+        let data = vec![0u8; 5 * p.max_size as usize + 100];
+        let lens: Vec<usize> = window_chunks(Cutter::FastCdc(p), &data[..]).iter().map(Vec::len).collect();
+        assert_eq!(lens, [vec![p.max_size as usize; 5], vec![100]].concat());
     }
 
     #[test]
