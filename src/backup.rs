@@ -492,9 +492,7 @@ impl Sink<'_> {
 
     fn store(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
         let (entry, written) = if self.dry_run {
-            let mut encoded = Vec::new();
-            object::encode_into(data, self.repo.config().zstd_level, &mut encoded);
-            let stored = encoded.len() as u64;
+            let stored = object::encode_into(data, self.repo.config().zstd_level, &mut Vec::new()).stored_len() as u64;
             (IndexEntry { id: *id, raw_len: data.len() as u64, stored_len: stored }, true)
         } else {
             self.repo.store_chunk(id, data)?

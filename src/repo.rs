@@ -95,12 +95,12 @@ impl Repository {
             return Ok((entry(len), false));
         }
         thread_local! {
-            static OBJECT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            static COMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        OBJECT.with_borrow_mut(|obj| {
-            object::encode_into(data, self.config.zstd_level, obj);
-            self.store.put(id, obj)?;
-            Ok((entry(obj.len() as u64), true))
+        COMPRESSED.with_borrow_mut(|buf| {
+            let object = object::encode_into(data, self.config.zstd_level, buf);
+            self.store.put(id, &object.parts())?;
+            Ok((entry(object.stored_len() as u64), true))
         })
     }
 

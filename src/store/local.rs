@@ -1,7 +1,7 @@
 //! A chunk store in a local directory: `objects/<2 hex>/<64 hex>`.
 
 use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +59,7 @@ impl LocalStore {
     /// The common case: the object is new. An anonymous file in the object's own directory,
     /// linked under its name only once complete, is a conditional create. False when this
     /// filesystem cannot do it, or when the name already exists; the caller then replaces.
-    fn create_new(&self, dest: &Path, object: &[u8]) -> Result<bool> {
+    fn create_new(&self, dest: &Path, parts: &[&[u8]]) -> Result<bool> {
         let dir = dest.parent().expect("objects live in a fan-out directory");
         let file = match tmpfile::create(dir, 0o666) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -69,12 +69,12 @@ impl LocalStore {
             other => other,
         };
         let Some(mut file) = file.at(dir)? else { return Ok(false) };
-        write_and_start_writeback(&mut file, object).at(dest)?;
+        write_and_start_writeback(&mut file, parts).at(dest)?;
         tmpfile::link(&file, dest).at(dest)
     }
 
     /// Writes a temp file and renames it over `dest`, replacing whatever is there.
-    fn replace(&self, id: &ChunkId, dest: &Path, object: &[u8]) -> Result<()> {
+    fn replace(&self, id: &ChunkId, dest: &Path, parts: &[&[u8]]) -> Result<()> {
         // Unique temp name per process and put, so concurrent writers never share a file.
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
@@ -83,7 +83,7 @@ impl LocalStore {
         if !self.tmp.is_dir() {
             fs::create_dir_all(&self.tmp).at(&self.tmp)?;
         }
-        let written = File::create(&tmp).and_then(|mut f| write_and_start_writeback(&mut f, object));
+        let written = File::create(&tmp).and_then(|mut f| write_and_start_writeback(&mut f, parts));
         let result = written.at(&tmp).and_then(|()| rename_into(&tmp, dest));
         if result.is_err() {
             // A partial temp file must not hold on to the space that just ran out.
@@ -103,8 +103,17 @@ fn in_parallel<T: Sync>(items: &[T], op: impl Fn(&T) -> Result<()> + Sync) -> Re
     })
 }
 
-fn write_and_start_writeback(f: &mut File, object: &[u8]) -> std::io::Result<()> {
-    f.write_all(object)?;
+fn write_and_start_writeback(f: &mut File, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match f.write_vectored(rest) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     // Start writeback now so the disk works while we compute; `sync` then has little left to
     // wait for.
     unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
@@ -112,13 +121,13 @@ fn write_and_start_writeback(f: &mut File, object: &[u8]) -> std::io::Result<()>
 }
 
 impl ChunkStore for LocalStore {
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
+    fn put(&self, id: &ChunkId, parts: &[&[u8]]) -> Result<()> {
         let dest = self.path(id);
-        if self.create_new(&dest, object)? {
+        if self.create_new(&dest, parts)? {
             return Ok(());
         }
         // Exists: a concurrent writer's identical object, or a damaged one being replaced.
-        self.replace(id, &dest, object)
+        self.replace(id, &dest, parts)
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -220,7 +229,7 @@ mod tests {
     fn put_creates_the_object_and_leaves_no_temp_file() {
         let (dir, store) = store();
         let id = HashAlgo::Blake3.hash(b"chunk");
-        store.put(&id, b"object bytes").unwrap();
+        store.put(&id, &[b"object ", b"bytes"]).unwrap();
         assert_eq!(store.get(&id).unwrap(), b"object bytes");
         assert_eq!(objects_and_temps(&dir.path().join("objects")), (1, 0));
     }
@@ -229,8 +238,8 @@ mod tests {
     fn put_replaces_a_damaged_object() {
         let (dir, store) = store();
         let id = HashAlgo::Blake3.hash(b"chunk");
-        store.put(&id, b"damaged").unwrap();
-        store.put(&id, b"object bytes").unwrap();
+        store.put(&id, &[b"damaged"]).unwrap();
+        store.put(&id, &[b"object ", b"bytes"]).unwrap();
         assert_eq!(store.get(&id).unwrap(), b"object bytes");
         assert_eq!(objects_and_temps(&dir.path().join("objects")), (1, 0));
     }
@@ -240,7 +249,7 @@ mod tests {
         let (_dir, store) = store();
         let id = HashAlgo::Blake3.hash(b"chunk");
         fs::remove_dir(store.path(&id).parent().unwrap()).unwrap();
-        store.put(&id, b"object bytes").unwrap();
+        store.put(&id, &[b"object ", b"bytes"]).unwrap();
         assert_eq!(store.get(&id).unwrap(), b"object bytes");
     }
 
@@ -251,7 +260,7 @@ mod tests {
         let object = vec![7u8; 1 << 20];
         std::thread::scope(|s| {
             for _ in 0..8 {
-                s.spawn(|| store.put(&id, &object).unwrap());
+                s.spawn(|| store.put(&id, &[&object[..1000], &object[1000..]]).unwrap());
             }
         });
         assert_eq!(store.get(&id).unwrap(), object);
@@ -263,7 +272,7 @@ mod tests {
         let (_dir, store) = store();
         let stored = HashAlgo::Blake3.hash(b"stored");
         let missing = HashAlgo::Blake3.hash(b"never stored");
-        store.put(&stored, b"object bytes").unwrap();
+        store.put(&stored, &[b"object bytes"]).unwrap();
         store.sync(&[stored]).unwrap();
         match store.sync(&[stored, missing]) {
             Err(Error::ChunkMissing(id)) => assert_eq!(id, missing),

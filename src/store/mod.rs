@@ -11,8 +11,9 @@ use crate::fingerprint::ChunkId;
 /// A content-addressed object store. Puts are idempotent: the same id always carries the
 /// same plaintext, so a racing or repeated put can only cost bandwidth.
 pub trait ChunkStore: Send + Sync {
-    /// Stores `object` under `id`, replacing whatever is there (callers verify first).
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<()>;
+    /// Stores the object made of `parts` (in order) under `id`, replacing whatever is there
+    /// (callers verify first).
+    fn put(&self, id: &ChunkId, parts: &[&[u8]]) -> Result<()>;
     /// The encoded object, or `Error::ChunkMissing`.
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>>;
     /// The object's stored size, if it exists.

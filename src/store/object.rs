@@ -55,42 +55,55 @@ thread_local! {
         std::cell::RefCell::new((zstd::bulk::Compressor::new(1).expect("zstd context"), Vec::with_capacity(2 * PROBE_LEN)));
 }
 
+/// An encoded object: its header, then the payload (compressed, or the chunk itself).
+/// Kept in two parts so an incompressible chunk is written as it is, never copied.
+pub struct Encoded<'a> {
+    header: [u8; HEADER_LEN],
+    payload: &'a [u8],
+}
+
+impl Encoded<'_> {
+    pub fn parts(&self) -> [&[u8]; 2] {
+        [&self.header, self.payload]
+    }
+
+    /// Header included: what the store holds.
+    pub fn stored_len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts().concat()
+    }
+}
+
 /// Encodes a chunk, compressing it with zstd only when that pays.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_into(data, DEFAULT_LEVEL, &mut out);
-    out
+    encode_into(data, DEFAULT_LEVEL, &mut Vec::new()).to_vec()
 }
 
-/// `encode` into a buffer the caller reuses: no allocation per chunk once it has grown.
-/// Level 0 stores every chunk raw.
-pub fn encode_into(data: &[u8], level: i32, out: &mut Vec<u8>) {
-    if level > 0 && worth_compressing(data) && compress_into(data, level, out) {
-        return;
+/// `encode`, compressing into a buffer the caller reuses: no allocation per chunk once it
+/// has grown. Level 0 stores every chunk raw.
+pub fn encode_into<'a>(data: &'a [u8], level: i32, buf: &'a mut Vec<u8>) -> Encoded<'a> {
+    if level > 0 && worth_compressing(data) && compress_into(data, level, buf) {
+        return Encoded { header: header(CODEC_ZSTD, data.len()), payload: buf };
     }
-    write_object(out, CODEC_RAW, data.len(), data);
+    Encoded { header: header(CODEC_RAW, data.len()), payload: data }
 }
 
-/// Compresses straight after a header placeholder in `out`; false if that does not pay.
+/// Compresses into `out`; false if that does not pay.
 fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
     out.clear();
-    out.resize(HEADER_LEN, 0);
     out.reserve(zstd::zstd_safe::compress_bound(data.len()));
-    let mut cursor = std::io::Cursor::new(&mut *out);
-    cursor.set_position(HEADER_LEN as u64);
-    let fits = COMPRESSOR
+    COMPRESSOR
         .with_borrow_mut(|(at, c)| {
             if *at != level {
                 c.set_compression_level(level)?;
                 *at = level;
             }
-            c.compress_to_buffer(data, &mut cursor)
+            c.compress_to_buffer(data, out)
         })
-        .is_ok_and(|n| n + data.len() * MIN_SAVING_64THS / 64 < data.len());
-    if fits {
-        out[..HEADER_LEN].copy_from_slice(&header(CODEC_ZSTD, data.len()));
-    }
-    fits
+        .is_ok_and(|n| n + data.len() * MIN_SAVING_64THS / 64 < data.len())
 }
 
 fn header(codec: u8, raw_len: usize) -> [u8; HEADER_LEN] {
@@ -120,13 +133,6 @@ fn worth_compressing(data: &[u8]) -> bool {
             c.compress_to_buffer(probe, out).is_ok_and(|n| n < PROBE_LEN * 62 / 64)
         })
     })
-}
-
-fn write_object(out: &mut Vec<u8>, codec: u8, raw_len: usize, payload: &[u8]) {
-    out.clear();
-    out.reserve(HEADER_LEN + payload.len());
-    out.extend_from_slice(&header(codec, raw_len));
-    out.extend_from_slice(payload);
 }
 
 /// Decodes an object and checks that its plaintext hashes to `id` (invariant 2).
@@ -179,6 +185,10 @@ mod tests {
         let enc = encode(&random);
         assert_eq!(enc[5], CODEC_RAW);
         assert_eq!(enc.len(), random.len() + HEADER_LEN);
+        let mut buf = Vec::new();
+        let raw = encode_into(&random, DEFAULT_LEVEL, &mut buf);
+        assert!(std::ptr::eq(raw.parts()[1], &random[..]), "a raw payload is the chunk itself, not a copy");
+        assert_eq!(raw.stored_len(), enc.len());
     }
 
     #[test]
