@@ -897,7 +897,9 @@ impl Walker<'_> {
         let root = Path::new("/");
         let meta = fs::symlink_metadata(root).at(root)?;
         let node = node_from_metadata(RawBytes(b"/".to_vec()), root, &meta).at(root)?.expect("/ is a directory");
-        self.walk_dir(root, node, parent, Some(&trie), None)
+        // `/` itself may be a source path: then its device is the one to stay on.
+        let dev = trie.is_source.then(|| meta.dev());
+        self.walk_dir(root, node, parent, Some(&trie), dev)
     }
 
     /// Walks one directory depth-first and emits its record after all of its subdirectories.
@@ -949,6 +951,12 @@ impl Walker<'_> {
             match node.kind {
                 NodeType::Dir => {
                     if self.opts.one_file_system && in_sources && dev.is_some_and(|d| d != meta.dev()) {
+                        // Another filesystem's mount point: kept, empty (as restic, tar and
+                        // rsync -x do), so a restored system has its /proc, /sys and /dev.
+                        self.dir_tx
+                            .send(DirRecord { node, entries: Vec::new() })
+                            .map_err(|_| crate::error::invalid("backup", "tree builder stopped"))?;
+                        entries.push(Entry::Subdir);
                         continue;
                     }
                     // The device of the source path we are in; None above the source paths.

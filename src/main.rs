@@ -64,7 +64,8 @@ enum Command {
         /// Read exclude patterns from a file, one per line.
         #[arg(long = "exclude-file", value_name = "FILE")]
         exclude_files: Vec<PathBuf>,
-        /// Do not cross into other filesystems below the given paths.
+        /// Do not cross into other filesystems below the given paths (their mount points are
+        /// kept as empty directories).
         #[arg(short = 'x', long)]
         one_file_system: bool,
         /// Report what would be stored; write nothing.

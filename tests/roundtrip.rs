@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Env, ok, restored, run, stderr, tessera};
+use common::{Env, bin, ok, restored, run, stderr, tessera};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -976,7 +976,13 @@ fn one_file_system_skips_other_mounts() {
     let listed = ls_paths(&env.repo(), &snap_id(&x), None);
     assert!(listed.contains(&format!("{s}/outside.txt")) && listed.contains(&format!("{s}/sub/also-outside.txt")), "{listed:#?}");
     assert!(!listed.contains(&format!("{s}/sub/mnt/inside.txt")), "-x crossed into the tmpfs: {listed:#?}");
+    assert!(listed.contains(&format!("{s}/sub/mnt")), "the mount point itself is kept: {listed:#?}");
     assert_eq!(u(&x, "files"), 2, "{x}");
+    let target = env.path("restored");
+    env.restore(&snap_id(&x), &target, &[]);
+    let mount_point = restored(&target, &mnt);
+    assert!(mount_point.is_dir() && fs::read_dir(&mount_point).unwrap().next().is_none(), "restored as an empty directory");
+    assert_eq!(fs::metadata(&mount_point).unwrap().mode() & 0o7777, fs::metadata(&mnt).unwrap().mode() & 0o7777);
 
     let all = env.backup(&src, &["--host", "no-x"]);
     let listed = ls_paths(&env.repo(), &snap_id(&all), None);
@@ -986,6 +992,42 @@ fn one_file_system_skips_other_mounts() {
     // -x short form too.
     let short = env.backup(&src, &["-x", "--host", "short"]);
     assert_eq!(u(&short, "files"), 2);
+}
+
+/// Backing up `/` itself with `-x` stays on the root's filesystem too. Run in a chroot
+/// holding the binary and its libraries, with a tmpfs mounted inside.
+#[test]
+fn one_file_system_holds_when_the_source_is_root() {
+    if std::env::var_os("TESSERA_TEST_NO_MOUNT").is_some() {
+        eprintln!("TESSERA_TEST_NO_MOUNT set: --one-file-system from / is NOT tested");
+        return;
+    }
+    let env = Env::new();
+    let root = env.path("root");
+    let libs = ok(Command::new("ldd").arg(bin()));
+    for lib in libs.split_whitespace().filter(|w| w.starts_with('/')) {
+        let inside = root.join(lib.trim_start_matches('/'));
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        fs::copy(lib, &inside).unwrap();
+    }
+    fs::copy(bin(), root.join("tessera")).unwrap();
+    write(&root.join("data/a.txt"), b"on the root filesystem\n");
+    let mnt = root.join("othermnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let (what, fstype, target) = (CString::new("tessera-test").unwrap(), CString::new("tmpfs").unwrap(), cpath(&mnt));
+    let r = unsafe { libc::mount(what.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    assert_eq!(r, 0, "mount -t tmpfs failed ({}); set TESSERA_TEST_NO_MOUNT=1 to skip explicitly", io::Error::last_os_error());
+    let _guard = Mount(mnt.clone());
+    write(&mnt.join("inside.txt"), b"on the tmpfs\n");
+
+    let in_root = |args: &[&str]| ok(Command::new("chroot").arg(&root).arg("/tessera").args(["--repo", "/repo"]).args(args));
+    in_root(&["init"]);
+    in_root(&["backup", "/", "-x", "--exclude", "/repo", "--host", "h"]);
+    let v: Value = serde_json::from_str(&in_root(&["ls", "latest", "--json"])).unwrap();
+    let listed: BTreeSet<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(listed.contains("/data/a.txt") && listed.contains("/tessera"), "{listed:#?}");
+    assert!(listed.contains("/othermnt"), "the mount point is kept: {listed:#?}");
+    assert!(!listed.contains("/othermnt/inside.txt"), "-x crossed into the tmpfs below /: {listed:#?}");
 }
 
 /// `init --compression` sets the zstd level of new chunks: `off` stores text raw, `fast` and
