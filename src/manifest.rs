@@ -133,10 +133,19 @@ pub struct Node {
     pub rdev: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
+    /// Files that had holes (fewer blocks allocated than their size) when backed up: their
+    /// all-zero blocks are restored as holes. Other files are written in full, zeros too, so
+    /// a preallocated file (a swap file, a database's reserved space) stays allocated.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sparse: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +307,7 @@ mod tests {
             target: None,
             rdev: 0,
             xattrs: Vec::new(),
+            sparse: false,
         }
     }
 

@@ -243,6 +243,8 @@ struct OutFile {
     dest: PathBuf,
     tmp: PathBuf,
     size: u64,
+    /// All-zero blocks are left as holes (the file was sparse when backed up).
+    holes: bool,
     remaining: AtomicU64,
     handle: Mutex<Handle>,
     failed: AtomicBool,
@@ -253,7 +255,7 @@ impl OutFile {
         let dest = target.join(&it.rel);
         let tmp = dest.with_file_name(format!(".tessera-restore-{item}"));
         let size = it.node.content.iter().map(|s| s.len() as u64).sum();
-        OutFile { item, dest, tmp, size, remaining: AtomicU64::new(size), handle: Mutex::new(Handle::NotOpen), failed: AtomicBool::new(false) }
+        OutFile { item, dest, tmp, size, holes: it.node.sparse, remaining: AtomicU64::new(size), handle: Mutex::new(Handle::NotOpen), failed: AtomicBool::new(false) }
     }
 
     /// The file to write and whether it is anonymous.
@@ -272,7 +274,7 @@ impl OutFile {
                 (f, false)
             }
         };
-        // Setting the length first leaves unwritten (all-zero) ranges as holes: sparse stays sparse.
+        // Setting the length first leaves unwritten (all-zero) ranges of a sparse file as holes.
         file.set_len(self.size)?;
         Ok((file, anonymous))
     }
@@ -304,6 +306,9 @@ impl OutFile {
         let Handle::Open { file: f, .. } = &*h else {
             return Err(io::Error::other("file already closed"));
         };
+        if !self.holes {
+            return f.write_all_at(data, offset);
+        }
         for (start, end) in data_runs(data, offset) {
             f.write_all_at(&data[start..end], offset + start as u64)?;
         }
@@ -343,8 +348,8 @@ impl OutFile {
     }
 }
 
-/// Filesystem blocks that are all zero are left as holes (the file was sized up front), so
-/// sparse files stay sparse. Returns the byte ranges of `data` to write, with block
+/// In a sparse file, filesystem blocks that are all zero are left as holes (the file was
+/// sized up front), so it stays sparse. Returns the byte ranges of `data` to write, with block
 /// boundaries aligned to the file offset `offset`.
 fn data_runs(data: &[u8], offset: u64) -> Vec<(usize, usize)> {
     const BLOCK: u64 = 4096;

@@ -114,6 +114,7 @@ pub fn node_from_metadata(name: RawBytes, path: &Path, meta: &Metadata) -> io::R
         target,
         rdev: if matches!(kind, NodeType::Chardev | NodeType::Blockdev) { meta.rdev() } else { 0 },
         xattrs: read_xattrs(path)?,
+        sparse: kind == NodeType::File && meta.blocks() * 512 < meta.len(),
     }))
 }
 

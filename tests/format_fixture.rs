@@ -709,6 +709,7 @@ fn literal_bytes_decode_to_known_values() {
             target: None,
             rdev: 0,
             xattrs: vec![Xattr { name: RawBytes(b"user.k".to_vec()), value: RawBytes(vec![0, 0xff]) }],
+            sparse: false,
         },
         Node {
             name: RawBytes(b"dev".to_vec()),
@@ -728,6 +729,7 @@ fn literal_bytes_decode_to_known_values() {
             target: None,
             rdev: 259,
             xattrs: vec![],
+            sparse: false,
         },
         Node {
             name: RawBytes(b"dir".to_vec()),
@@ -747,6 +749,7 @@ fn literal_bytes_decode_to_known_values() {
             target: None,
             rdev: 0,
             xattrs: vec![],
+            sparse: false,
         },
         Node {
             name: RawBytes(vec![0xff]),
@@ -766,6 +769,7 @@ fn literal_bytes_decode_to_known_values() {
             target: Some(RawBytes(b"../\x80".to_vec())),
             rdev: 0,
             xattrs: vec![],
+            sparse: false,
         },
     ];
     assert_eq!(tree.nodes, want);
@@ -819,6 +823,7 @@ fn literal_bytes_decode_to_known_values() {
         target: None,
         rdev: 0,
         xattrs: vec![],
+        sparse: false,
     };
     let f = Node {
         name: RawBytes(b"f.txt".to_vec()),
@@ -838,6 +843,7 @@ fn literal_bytes_decode_to_known_values() {
         target: None,
         rdev: 0,
         xattrs: vec![],
+        sparse: false,
     };
     let want = vec![
         dir(

@@ -450,6 +450,10 @@ fn build_fixture(src: &Path) {
         f.write_all_at(&common::random_bytes(10 + i as u64, 4096), off).unwrap();
     }
     drop(f);
+    // Its opposite: a file of mostly zeros, every block allocated (as a swap file is).
+    let mut zeros = vec![0u8; 4 * MIB as usize];
+    zeros[..9].copy_from_slice(b"not holes");
+    write(&src.join("allocated-zeros.img"), &zeros);
     // A read-only directory with content (last, since nothing can be added to it after).
     write(&src.join("readonly/file"), b"in a read-only dir\n");
     chmod(&src.join("readonly/file"), 0o444);
@@ -521,6 +525,11 @@ fn faithful_round_trip() {
         sparse.blocks() * 512,
         SPARSE_SIZE
     );
+    // A file without holes gets none, however many of its blocks are zeros.
+    let zeros_src = fs::metadata(src.join("allocated-zeros.img")).unwrap();
+    assert!(zeros_src.blocks() * 512 >= zeros_src.len(), "precondition: the source file is fully allocated");
+    let zeros = fs::metadata(dest.join("allocated-zeros.img")).unwrap();
+    assert!(zeros.blocks() * 512 >= zeros.len(), "restored with holes: {} blocks for {} bytes", zeros.blocks(), zeros.len());
     // Setuid survives the chown of a root restore.
     assert_eq!(fs::metadata(dest.join("owned/setuid-owned")).unwrap().mode() & 0o7777, 0o6755);
 
