@@ -956,27 +956,33 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn one_file_system_skips_other_mounts() {
+/// Mounts a tmpfs on `dir` (made if missing) until the guard drops; None if the tests were
+/// told there is no mounting here (TESSERA_TEST_NO_MOUNT), after saying what goes untested.
+fn tmpfs_at(dir: &Path, untested: &str) -> Option<Mount> {
     if std::env::var_os("TESSERA_TEST_NO_MOUNT").is_some() {
-        eprintln!("TESSERA_TEST_NO_MOUNT set: --one-file-system is NOT tested");
-        return;
+        eprintln!("TESSERA_TEST_NO_MOUNT set: {untested} is NOT tested");
+        return None;
     }
-    let env = Env::new();
-    env.init(&[]);
-    let src = env.path("src");
-    write(&src.join("outside.txt"), b"on the source filesystem\n");
-    write(&src.join("sub/also-outside.txt"), b"same filesystem\n");
-    let mnt = src.join("sub/mnt");
-    fs::create_dir_all(&mnt).unwrap();
-    let (what, fstype, target) = (CString::new("tessera-test").unwrap(), CString::new("tmpfs").unwrap(), cpath(&mnt));
+    fs::create_dir_all(dir).unwrap();
+    let (what, fstype, target) = (CString::new("tessera-test").unwrap(), CString::new("tmpfs").unwrap(), cpath(dir));
     let r = unsafe { libc::mount(what.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     assert_eq!(
         r, 0,
         "mount -t tmpfs failed ({}): this test needs root with CAP_SYS_ADMIN; set TESSERA_TEST_NO_MOUNT=1 to skip it explicitly",
         io::Error::last_os_error()
     );
-    let _guard = Mount(mnt.clone());
+    Some(Mount(dir.to_path_buf()))
+}
+
+#[test]
+fn one_file_system_skips_other_mounts() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    write(&src.join("outside.txt"), b"on the source filesystem\n");
+    write(&src.join("sub/also-outside.txt"), b"same filesystem\n");
+    let mnt = src.join("sub/mnt");
+    let Some(_guard) = tmpfs_at(&mnt, "--one-file-system") else { return };
     write(&mnt.join("inside.txt"), b"on the tmpfs\n");
     assert_ne!(fs::metadata(&mnt).unwrap().dev(), fs::metadata(&src).unwrap().dev());
 
@@ -1007,10 +1013,6 @@ fn one_file_system_skips_other_mounts() {
 /// holding the binary and its libraries, with a tmpfs mounted inside.
 #[test]
 fn one_file_system_holds_when_the_source_is_root() {
-    if std::env::var_os("TESSERA_TEST_NO_MOUNT").is_some() {
-        eprintln!("TESSERA_TEST_NO_MOUNT set: --one-file-system from / is NOT tested");
-        return;
-    }
     let env = Env::new();
     let root = env.path("root");
     let libs = ok(Command::new("ldd").arg(bin()));
@@ -1022,11 +1024,7 @@ fn one_file_system_holds_when_the_source_is_root() {
     fs::copy(bin(), root.join("tessera")).unwrap();
     write(&root.join("data/a.txt"), b"on the root filesystem\n");
     let mnt = root.join("othermnt");
-    fs::create_dir_all(&mnt).unwrap();
-    let (what, fstype, target) = (CString::new("tessera-test").unwrap(), CString::new("tmpfs").unwrap(), cpath(&mnt));
-    let r = unsafe { libc::mount(what.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-    assert_eq!(r, 0, "mount -t tmpfs failed ({}); set TESSERA_TEST_NO_MOUNT=1 to skip explicitly", io::Error::last_os_error());
-    let _guard = Mount(mnt.clone());
+    let Some(_guard) = tmpfs_at(&mnt, "--one-file-system from /") else { return };
     write(&mnt.join("inside.txt"), b"on the tmpfs\n");
 
     let in_root = |args: &[&str]| ok(Command::new("chroot").arg(&root).arg("/tessera").args(["--repo", "/repo"]).args(args));
