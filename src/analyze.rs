@@ -406,7 +406,7 @@ impl<'a> Model<'a> {
             self.small_file(path, packer);
             2
         } else {
-            self.large_file(path, meta.len())
+            self.large_file(path)
         };
         Ok((NODE_BYTES_BOUND + slices * SLICE_BYTES_BOUND, 0))
     }
@@ -458,7 +458,7 @@ impl<'a> Model<'a> {
     }
 
     /// Returns the number of chunks (slices in the file's node).
-    fn large_file(&mut self, path: &Path, size: u64) -> u64 {
+    fn large_file(&mut self, path: &Path) -> u64 {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
@@ -467,7 +467,7 @@ impl<'a> Model<'a> {
             }
         };
         let mut slices = 0;
-        for data in self.cutter.chunks(file, size) {
+        for data in self.cutter.chunks(file) {
             match data {
                 Ok(data) => {
                     self.read(data.len());

@@ -129,78 +129,36 @@ impl Cutter {
         Windows { cutter: *self, source, carry: Vec::new(), eof: false }
     }
 
-    /// Streams chunks of `source` without reading it whole, copying each byte once.
-    /// `size_hint` (the expected length) keeps the window small for small inputs.
-    pub fn chunks<R: Read>(&self, source: R, size_hint: u64) -> Chunks<R> {
-        let window = (2 * self.max_size() as u64).min(size_hint + 1) as usize;
-        Chunks {
-            cutter: *self,
-            source,
-            buf: vec![0; window.max(1)],
-            start: 0,
-            end: 0,
-            eof: false,
-        }
+    /// Streams chunks of `source` without reading it whole, each as a buffer of its own.
+    pub fn chunks<R: Read>(&self, source: R) -> Chunks<R> {
+        Chunks { windows: self.windows(source), window: Vec::new(), pos: 0 }
     }
 }
 
-/// Chunks of a reader. Keeps a window of twice the maximum chunk size, so each cut sees the
-/// `max_size` bytes it needs; unlike `StreamCDC` it does not shift the window per chunk.
+/// Chunks of a reader, each copied out of its window (see `Windows`), for callers that keep
+/// chunks apart from one another.
 pub struct Chunks<R> {
-    cutter: Cutter,
-    source: R,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    eof: bool,
-}
-
-impl<R: Read> Chunks<R> {
-    fn fill(&mut self) -> std::io::Result<()> {
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
-        loop {
-            if self.end == self.buf.len() {
-                // Longer than the hint said: grow to the full window a cut needs.
-                let full = 2 * self.cutter.max_size();
-                if self.buf.len() >= full {
-                    break;
-                }
-                self.buf.resize(full, 0);
-            }
-            match self.source.read(&mut self.buf[self.end..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
+    windows: Windows<R>,
+    window: Vec<u8>,
+    pos: usize,
 }
 
 impl<R: Read> Iterator for Chunks<R> {
     type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let max = self.cutter.max_size();
-        if self.end - self.start < max
-            && !self.eof
-            && let Err(e) = self.fill()
-        {
-            return Some(Err(e));
+        loop {
+            if let Some(n) = self.windows.cut(&self.window, self.pos) {
+                let chunk = self.window[self.pos..self.pos + n].to_vec();
+                self.pos += n;
+                return Some(Ok(chunk));
+            }
+            match self.windows.fill(&mut self.window) {
+                Ok(true) => self.pos = 0,
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
+            }
         }
-        if self.start == self.end {
-            return None;
-        }
-        let window = &self.buf[self.start..self.end.min(self.start + max)];
-        let n = self.cutter.first_cut(window);
-        self.start += n;
-        Some(Ok(window[..n].to_vec()))
     }
 }
 
@@ -216,7 +174,7 @@ pub struct Windows<R> {
 
 impl<R: Read> Windows<R> {
     /// Room for a carried-over unfinished chunk plus the `max_size` bytes a cut may need.
-    pub fn window_size(&self) -> usize {
+    fn window_size(&self) -> usize {
         2 * self.cutter.max_size()
     }
 
@@ -383,16 +341,6 @@ mod tests {
             }
             prop_assert_eq!(lens, stream_lengths(&p, &data));
         }
-
-        #[test]
-        fn chunks_agree_with_stream(data in proptest::collection::vec(any::<u8>(), 0..100_000)) {
-            let p = params();
-            let theirs: Vec<Vec<u8>> = p.stream(&data[..]).map(|c| c.unwrap().data).collect();
-            for hint in [0, data.len() as u64 / 3, data.len() as u64, u64::MAX / 4] {
-                let ours: Vec<Vec<u8>> = Cutter::FastCdc(p).chunks(&data[..], hint).map(|c| c.unwrap()).collect();
-                prop_assert_eq!(&ours, &theirs);
-            }
-        }
     }
 
     /// Reads at most `step` bytes per call, as pipes and network filesystems may.
@@ -407,36 +355,40 @@ mod tests {
         }
     }
 
-    fn window_chunks(cutter: Cutter, source: impl Read) -> Vec<Vec<u8>> {
-        let mut windows = cutter.windows(source);
-        let mut window = Vec::new();
-        let mut out = Vec::new();
-        while windows.fill(&mut window).unwrap() {
-            assert!(window.len() <= windows.window_size());
-            let mut at = 0;
-            while let Some(n) = windows.cut(&window, at) {
-                out.push(window[at..at + n].to_vec());
-                at += n;
-            }
-        }
-        out
+    fn chunks(cutter: Cutter, source: impl Read) -> Vec<Vec<u8>> {
+        cutter.chunks(source).map(|c| c.unwrap()).collect()
     }
 
     proptest! {
         #[test]
-        fn windows_agree_with_stream(data in proptest::collection::vec(any::<u8>(), 0..100_000), step in 1usize..40_000) {
+        fn chunks_agree_with_stream(data in proptest::collection::vec(any::<u8>(), 0..100_000), step in 1usize..40_000) {
             let p = params();
             let theirs: Vec<Vec<u8>> = p.stream(&data[..]).map(|c| c.unwrap().data).collect();
-            prop_assert_eq!(&window_chunks(Cutter::FastCdc(p), &data[..]), &theirs);
-            prop_assert_eq!(&window_chunks(Cutter::FastCdc(p), Trickle(&data, step)), &theirs);
+            prop_assert_eq!(&chunks(Cutter::FastCdc(p), &data[..]), &theirs);
+            prop_assert_eq!(&chunks(Cutter::FastCdc(p), Trickle(&data, step)), &theirs);
+        }
+
+        #[test]
+        fn windows_hold_whole_chunks_within_their_size(data in proptest::collection::vec(any::<u8>(), 0..100_000), step in 1usize..40_000) {
+            let mut windows = Cutter::FastCdc(params()).windows(Trickle(&data, step));
+            let (mut window, mut total) = (Vec::new(), 0);
+            while windows.fill(&mut window).unwrap() {
+                prop_assert!(window.len() <= windows.window_size());
+                let mut at = 0;
+                while let Some(n) = windows.cut(&window, at) {
+                    at += n;
+                }
+                total += at;
+            }
+            prop_assert_eq!(total, data.len());
         }
     }
 
     #[test]
-    fn windows_of_zeros_cut_at_max_size() {
+    fn zeros_cut_at_max_size() {
         let p = params();
         let data = vec![0u8; 5 * p.max_size as usize + 100];
-        let lens: Vec<usize> = window_chunks(Cutter::FastCdc(p), &data[..]).iter().map(Vec::len).collect();
+        let lens: Vec<usize> = chunks(Cutter::FastCdc(p), &data[..]).iter().map(Vec::len).collect();
         assert_eq!(lens, [vec![p.max_size as usize; 5], vec![100]].concat());
     }
 
@@ -461,7 +413,7 @@ mod tests {
             chunks.push(c);
         }
         let whole: Vec<u8> = files.concat();
-        let one_pass: Vec<Vec<u8>> = cutter.chunks(&whole[..], 0).map(|c| c.unwrap()).collect();
+        let one_pass: Vec<Vec<u8>> = cutter.chunks(&whole[..]).map(|c| c.unwrap()).collect();
         assert_eq!(chunks.iter().map(|c| c.1.clone()).collect::<Vec<_>>(), one_pass);
         let by_id: std::collections::HashMap<_, _> = chunks.into_iter().collect();
         for ((start, end), file) in ranges.into_iter().zip(&files) {
@@ -477,7 +429,7 @@ mod tests {
     #[test]
     fn fixed_cutter_cuts_at_fixed_offsets() {
         let data = vec![7u8; 10_000];
-        let lens: Vec<usize> = Cutter::Fixed(4096).chunks(&data[..], 0).map(|c| c.unwrap().len()).collect();
+        let lens: Vec<usize> = Cutter::Fixed(4096).chunks(&data[..]).map(|c| c.unwrap().len()).collect();
         assert_eq!(lens, vec![4096, 4096, 1808]);
     }
 
